@@ -1,0 +1,95 @@
+# lua-langfuse: build, test, benchmark and install.
+#
+#   make              build langfuse.core for Lua 5.4 and LuaJIT
+#   make test         run the specs under Lua 5.4 and LuaJIT (installs
+#                     what is missing, starts the local test server)
+#   make demo         run the demo against the local server, or a real
+#                     Langfuse when LANGFUSE_* variables are set
+#   make bench        benchmarks, printed side by side with ratios
+#   make sanitize     the specs against an ASan/UBSan build
+#   make test-valgrind  the specs under valgrind memcheck
+#   make lint         luacheck and the 80-column check
+#   make install      install into the system Lua 5.4 and LuaJIT paths
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+BUILD   ?= build
+
+LUA54_INC ?= /usr/include/lua5.4
+JIT_INC   ?= /usr/include/luajit-2.1
+
+WARN = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wcast-qual \
+       -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wundef \
+       -Wvla -Wdeclaration-after-statement
+OPT    ?= -O2 -g
+CFLAGS_ALL = -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) \
+             $(OPT) $(CFLAGS)
+LIBS   = -lcurl -lz -lpthread
+
+SRCS = $(sort $(wildcard src/*.c))
+HDRS = $(wildcard src/*.h)
+
+SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all \
+            -fno-omit-frame-pointer
+
+.PHONY: all test test-5.4 test-jit demo bench sanitize test-valgrind lint \
+        install clean deps fuzz
+
+all: $(BUILD)/5.4/langfuse/core.so $(BUILD)/jit/langfuse/core.so
+
+$(BUILD)/5.4/langfuse/core.so: $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -I$(LUA54_INC) -shared -o $@ $(SRCS) $(LIBS)
+
+$(BUILD)/jit/langfuse/core.so: $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -I$(JIT_INC) -shared -o $@ $(SRCS) $(LIBS)
+
+$(BUILD)/san/langfuse/core.so: $(SRCS) $(HDRS) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -O1 $(SAN_FLAGS) -I$(LUA54_INC) -shared -o $@ \
+	  $(SRCS) $(LIBS)
+
+deps:
+	@tools/deps
+
+test: deps all
+	tools/run-tests all
+
+test-5.4: deps all
+	tools/run-tests 5.4
+
+test-jit: deps all
+	tools/run-tests jit
+
+sanitize: deps $(BUILD)/san/langfuse/core.so
+	tools/run-tests san
+
+test-valgrind: deps all
+	tools/run-tests valgrind
+
+demo: deps all
+	tools/demo
+
+bench: deps all
+	tools/run-bench
+
+lint: deps
+	luacheck lua spec bench examples
+	tools/check-style
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/langfuse
+	install -m 755 $(BUILD)/5.4/langfuse/core.so \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/langfuse/core.so
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/5.1/langfuse
+	install -m 755 $(BUILD)/jit/langfuse/core.so \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.1/langfuse/core.so
+	for v in 5.4 5.1; do \
+	  install -d $(DESTDIR)$(PREFIX)/share/lua/$$v/langfuse; \
+	  install -m 644 lua/langfuse/*.lua \
+	    $(DESTDIR)$(PREFIX)/share/lua/$$v/langfuse/; \
+	done
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,281 @@
+-- langfuse: the Langfuse client for Lua.
+--
+--   local langfuse = require("langfuse")
+--   local client = assert(langfuse.new{
+--     public_key = "pk-lf-...",          -- LANGFUSE_PUBLIC_KEY
+--     secret_key = "sk-lf-...",          -- LANGFUSE_SECRET_KEY
+--     base_url = "https://cloud.langfuse.com",
+--                                        -- LANGFUSE_BASE_URL, LANGFUSE_HOST
+--   })
+--   local res, err = client:upload_events_batch(events)
+--
+-- Options (each falls back to its environment variable, then to the
+-- default): timeout 5 s (LANGFUSE_TIMEOUT), connect_timeout (= timeout),
+-- max_retries 3, backoff_base 0.5 s, backoff_max 30 s, retry_after_max
+-- 60 s, max_event_bytes 1,000,000 (LANGFUSE_MAX_EVENT_SIZE_BYTES),
+-- max_batch_bytes 3,500,000 (LANGFUSE_MAX_BATCH_SIZE_BYTES),
+-- max_batch_events 1000, max_depth 64, strict true, ca_file, logger
+-- (function(level, message)), debug false (LANGFUSE_DEBUG).
+--
+-- Caller mistakes (an argument of the wrong type) raise; configuration
+-- problems return nil and an error of kind "config"; failures at run time
+-- return nil and an error object (see langfuse.error).
+
+local core = require("langfuse.core")
+local errors = require("langfuse.error")
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local os_getenv = os.getenv
+local io_stderr = io.stderr
+local fmt = string.format
+local floor = math.floor
+
+local DEFAULT_BASE_URL = "https://cloud.langfuse.com"
+
+-- Every option: its type, environment variables in order, default.
+local OPTIONS = {
+  public_key = { "string", { "LANGFUSE_PUBLIC_KEY" } },
+  secret_key = { "string", { "LANGFUSE_SECRET_KEY" } },
+  base_url = { "string", { "LANGFUSE_BASE_URL", "LANGFUSE_HOST" },
+               DEFAULT_BASE_URL },
+  timeout = { "number", { "LANGFUSE_TIMEOUT" }, 5 },
+  connect_timeout = { "number" },
+  max_retries = { "count", nil, 3 },
+  backoff_base = { "number", nil, 0.5 },
+  backoff_max = { "number", nil, 30 },
+  retry_after_max = { "number", nil, 60 },
+  max_event_bytes = { "count", { "LANGFUSE_MAX_EVENT_SIZE_BYTES" },
+                      1000000 },
+  max_batch_bytes = { "count", { "LANGFUSE_MAX_BATCH_SIZE_BYTES" },
+                      3500000 },
+  max_batch_events = { "count", nil, 1000 },
+  max_depth = { "count", nil, 64 },
+  strict = { "boolean", nil, true },
+  ca_file = { "string" },
+  logger = { "function" },
+  debug = { "boolean", { "LANGFUSE_DEBUG" }, false },
+}
+
+-- Smallest sizes that still make sense, so a typo cannot stall uploads.
+local MIN_BATCH_BYTES = 1024
+local MAX_DEPTH_LIMIT = 1000
+
+
+local function config_error(message)
+  return nil, errors.simple("config", message)
+end
+
+
+-- Reads an environment value as the option's type, or returns nil and
+-- a reason.
+local function from_env(kind, name, raw)
+  if kind == "string" then
+    return raw
+  elseif kind == "boolean" then
+    local v = raw:lower()
+    if v == "true" or v == "1" or v == "yes" or v == "on" then
+      return true
+    elseif v == "false" or v == "0" or v == "no" or v == "off"
+        or v == "" then
+      return false
+    end
+    return nil, fmt("%s must be true or false, got %q", name, raw)
+  end
+  local n = tonumber(raw)
+  if not n then
+    return nil, fmt("%s must be a number, got %q", name, raw)
+  end
+  return n
+end
+
+
+local function check_type(kind, name, v)
+  local t = type(v)
+  if kind == "count" then
+    if t ~= "number" or v < 0 or v ~= floor(v) then
+      return fmt("option %s must be a non-negative integer, got %s",
+                 name, tostring(v))
+    end
+  elseif kind == "number" then
+    if t ~= "number" or v ~= v or v < 0 then
+      return fmt("option %s must be a non-negative number, got %s",
+                 name, tostring(v))
+    end
+  elseif t ~= kind then
+    return fmt("option %s must be a %s, got a %s", name, kind, t)
+  end
+  return nil
+end
+
+
+-- Merges opts, the environment and the defaults into a checked table.
+local function resolve(opts)
+  local cfg = {}
+  for name in pairs(opts) do
+    if type(name) ~= "string" or not OPTIONS[name] then
+      return nil, fmt("unknown option %s", tostring(name))
+    end
+  end
+  for name, spec in pairs(OPTIONS) do
+    local kind, envs, default = spec[1], spec[2], spec[3]
+    local v = opts[name]
+    if v == nil and envs then
+      for _, var in pairs(envs) do
+        local raw = os_getenv(var)
+        if raw and raw ~= "" then
+          local got, why = from_env(kind, var, raw)
+          if got == nil then
+            return nil, why
+          end
+          v = got
+          break
+        end
+      end
+    end
+    if v == nil then
+      v = default
+    end
+    if v ~= nil then
+      local why = check_type(kind, name, v)
+      if why then
+        return nil, why
+      end
+    end
+    cfg[name] = v
+  end
+  return cfg
+end
+
+
+local function check_config(cfg)
+  if not cfg.public_key or cfg.public_key == "" then
+    return "missing public key: pass public_key or set LANGFUSE_PUBLIC_KEY"
+  end
+  if not cfg.secret_key or cfg.secret_key == "" then
+    return "missing secret key: pass secret_key or set LANGFUSE_SECRET_KEY"
+  end
+  if not cfg.base_url:match("^https?://[^/]") then
+    return fmt("base_url must start with http:// or https://, got %q",
+               cfg.base_url)
+  end
+  if cfg.max_batch_bytes < MIN_BATCH_BYTES then
+    return fmt("max_batch_bytes must be at least %d", MIN_BATCH_BYTES)
+  end
+  if cfg.max_batch_events < 1 then
+    return "max_batch_events must be at least 1"
+  end
+  if cfg.max_depth < 1 or cfg.max_depth > MAX_DEPTH_LIMIT then
+    return fmt("max_depth must be between 1 and %d", MAX_DEPTH_LIMIT)
+  end
+  if cfg.timeout <= 0 then
+    return "timeout must be greater than 0"
+  end
+  return nil
+end
+
+
+local Client = {}
+Client.__index = Client
+
+
+-- Hands a message to the logger (or to stderr in debug mode) with the
+-- secret key masked, whatever the message holds.
+function Client:log(level, message)
+  if not (self.logger or self.debug) then
+    return
+  end
+  local secret = self.secret
+  if secret and secret ~= "" then
+    local from = 1
+    while true do
+      local i, j = message:find(secret, from, true)
+      if not i then
+        break
+      end
+      message = message:sub(1, i - 1) .. "***" .. message:sub(j + 1)
+      from = i + 3
+    end
+  end
+  if self.logger then
+    self.logger(level, "[langfuse] " .. message)
+  elseif level ~= "debug" or self.debug then
+    io_stderr:write("[langfuse] ", level, ": ", message, "\n")
+  end
+end
+
+
+-- Validates, encodes and uploads events on the caller's thread.
+-- Returns { accepted, requests, attempts } when every event was
+-- delivered, or nil and an error object that names each one that was
+-- not.
+function Client:upload_events_batch(events)
+  if type(events) ~= "table" then
+    error('bad "events" argument: expected an array of events', 2)
+  end
+  local rep = self.core:upload(events)
+  local total = #events
+  if #rep.failed == 0 then
+    if self.debug then
+      self:log("debug", fmt("delivered %d events in %d requests",
+                            rep.accepted, rep.requests))
+    end
+    return { accepted = rep.accepted, requests = rep.requests,
+             attempts = rep.attempts }
+  end
+  local err = errors.from_report(rep, events, total)
+  self:log("warn", tostring(err))
+  return nil, err
+end
+
+
+function Client:close()
+  self.core:close()
+end
+
+
+local _M = {
+  _VERSION = core._VERSION,
+  is_error = errors.is_error,
+  null = core.null,
+}
+
+
+function _M.new(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error('bad "opts" argument: expected a table', 2)
+  end
+  local cfg, why = resolve(opts or {})
+  if not cfg then
+    return config_error(why)
+  end
+  why = check_config(cfg)
+  if why then
+    return config_error(why)
+  end
+  local self = setmetatable({
+    cfg = cfg,
+    core = core.new_client(cfg),
+    logger = cfg.logger,
+    debug = cfg.debug,
+    secret = cfg.secret_key,
+  }, Client)
+  cfg.secret_key = nil
+  return self
+end
+
+
+function _M.validate(events, opts)
+  if type(events) ~= "table" then
+    error('bad "events" argument: expected an array of events', 2)
+  end
+  return core.validate(events, opts)
+end
+
+
+_M.Client = Client
+
+return _M

@@ -1,0 +1,337 @@
+/*
+** lf_client.c: the client object of langfuse.core and its synchronous
+** batch upload.
+**
+** core.new_client(cfg) takes a table the Lua layer has already resolved
+** (options merged with the environment, every field present and of the
+** right type) and returns a userdata that owns one lf_http handle.
+** client:upload(events) validates and encodes the events in C, uploads
+** the valid ones on the caller's thread and returns a plain report table
+** that the Lua layer turns into a result or an error object.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "lf_compat.h"
+#include "lf_core.h"
+#include "lf_encode.h"
+#include "lf_http.h"
+#include "lf_upload.h"
+
+#define CLIENT_MT "langfuse.core.client"
+#define WORK_MT "langfuse.core.work"
+
+/* The ingestion route, relative to base_url. */
+#define INGESTION_PATH "/api/public/ingestion"
+
+struct lf_client {
+  struct lf_http *http;         /* owned; NULL once closed */
+  char *ingestion_url;          /* owned */
+  struct lf_upload_opts upload;
+  struct lf_encode_opts encode;
+};
+
+/* Scratch state of one upload, kept in a userdata so that a memory
+   error raised by the Lua API frees it through __gc. */
+struct lf_work {
+  struct lf_batch batch;
+  struct lf_problems problems;
+  struct lf_report report;
+  int live;
+};
+
+
+/* {================================================================
+** Reading the configuration table
+** ================================================================= */
+
+/* Returns cfg[name] as a string (the table is at index 1), or NULL. */
+static const char *cfg_string(lua_State *L, const char *name)
+{
+  const char *s;
+  lua_getfield(L, 1, name);                     /* value */
+  s = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
+  lua_pop(L, 1);                                /* the table keeps it */
+  return s;
+}
+
+static double cfg_number(lua_State *L, const char *name, double dflt)
+{
+  double v = dflt;
+  lua_getfield(L, 1, name);                     /* value */
+  if(lua_isnumber(L, -1))
+    v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int cfg_bool(lua_State *L, const char *name, int dflt)
+{
+  int v = dflt;
+  lua_getfield(L, 1, name);                     /* value */
+  if(lua_isboolean(L, -1))
+    v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* A malloc'd "base" + "path" with the base's trailing slashes removed;
+   the caller frees it.  NULL when out of memory. */
+static char *join_url(const char *base, const char *path)
+{
+  size_t n = strlen(base), m = strlen(path);
+  char *url;
+  while(n && base[n - 1] == '/')
+    n--;
+  url = malloc(n + m + 1);
+  if(!url)
+    return NULL;
+  memcpy(url, base, n);
+  memcpy(url + n, path, m + 1);
+  return url;
+}
+
+/* }================================================================ */
+
+
+static struct lf_client *check_client(lua_State *L)
+{
+  struct lf_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  if(!c->http)
+    luaL_error(L, "langfuse client is closed");
+  return c;
+}
+
+/* Frees what the client owns; safe to call twice. */
+static void client_release(struct lf_client *c)
+{
+  lf_http_free(c->http);
+  c->http = NULL;
+  free(c->ingestion_url);
+  c->ingestion_url = NULL;
+}
+
+static int client_close(lua_State *L)
+{
+  struct lf_client *c = luaL_checkudata(L, 1, CLIENT_MT);
+  client_release(c);
+  return 0;
+}
+
+/* core.new_client(cfg) -> client userdata.  The Lua layer checked the
+   table; a missing key here is a bug in that layer, so it raises. */
+static int new_client(lua_State *L)
+{
+  struct lf_client *c;
+  struct lf_http_config hc;
+  const char *base;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&hc, 0, sizeof(hc));
+  hc.public_key = cfg_string(L, "public_key");
+  hc.secret_key = cfg_string(L, "secret_key");
+  base = cfg_string(L, "base_url");
+  if(!hc.public_key || !hc.secret_key || !base)
+    return luaL_error(L, "new_client: public_key, secret_key and "
+                      "base_url are required");
+  hc.timeout = cfg_number(L, "timeout", 5);
+  hc.connect_timeout = cfg_number(L, "connect_timeout", hc.timeout);
+  hc.sdk_name = LF_SDK_NAME;
+  hc.sdk_version = LF_VERSION;
+  hc.ca_file = cfg_string(L, "ca_file");
+
+  c = lua_newuserdata(L, sizeof(*c));           /* client */
+  memset(c, 0, sizeof(*c));
+  luaL_setmetatable(L, CLIENT_MT);
+  lf_upload_opts_init(&c->upload);
+  c->upload.max_batch_bytes = (size_t)cfg_number(L, "max_batch_bytes",
+                                  (double)c->upload.max_batch_bytes);
+  c->upload.max_batch_events = (size_t)cfg_number(L, "max_batch_events",
+                                  (double)c->upload.max_batch_events);
+  c->upload.max_retries = (int)cfg_number(L, "max_retries",
+                                          c->upload.max_retries);
+  c->upload.backoff_base = cfg_number(L, "backoff_base",
+                                      c->upload.backoff_base);
+  c->upload.backoff_max = cfg_number(L, "backoff_max",
+                                     c->upload.backoff_max);
+  c->upload.retry_after_max = cfg_number(L, "retry_after_max",
+                                         c->upload.retry_after_max);
+  lf_encode_opts_init(&c->encode);
+  c->encode.max_event_bytes = (size_t)cfg_number(L, "max_event_bytes",
+                                  (double)c->encode.max_event_bytes);
+  c->encode.max_depth = (size_t)cfg_number(L, "max_depth",
+                                           (double)c->encode.max_depth);
+  c->encode.strict = cfg_bool(L, "strict", c->encode.strict);
+
+  c->ingestion_url = join_url(base, INGESTION_PATH);
+  c->http = c->ingestion_url ? lf_http_new(&hc) : NULL;
+  if(!c->http) {
+    client_release(c);
+    return luaL_error(L, "new_client: out of memory");
+  }
+  return 1;
+}
+
+
+/* {================================================================
+** Upload
+** ================================================================= */
+
+static int work_gc(lua_State *L)
+{
+  struct lf_work *w = luaL_checkudata(L, 1, WORK_MT);
+  if(w->live) {
+    lf_batch_free(&w->batch);
+    lf_problems_free(&w->problems);
+    lf_items_clear(w->batch.items, w->batch.n);
+    lf_report_free(&w->report);
+    w->live = 0;
+  }
+  return 0;
+}
+
+static void set_string(lua_State *L, const char *k, const char *v)
+{
+  if(v) {
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+  }
+}
+
+static void set_integer(lua_State *L, const char *k, double v)
+{
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* Pushes the failure entry of one item that was not delivered. */
+static void push_item_failure(lua_State *L, const struct lf_item *it)
+{
+  lua_createtable(L, 0, 8);                     /* entry */
+  set_integer(L, "index", (double)it->index);
+  set_string(L, "id", it->id);
+  set_string(L, "kind", lf_kind_name(it->kind));
+  if(it->status)
+    set_integer(L, "status", it->status);
+  set_string(L, "message", it->message ? it->message
+             : (it->outcome == LF_PENDING ? "not sent: upload stopped"
+                : "not delivered"));
+  lua_pushboolean(L, it->retryable || it->outcome == LF_PENDING);
+  lua_setfield(L, -2, "retryable");
+  set_integer(L, "attempts", it->attempts);
+}
+
+/* Pushes the failure entry of an event refused by validation. */
+static void push_problem(lua_State *L, const struct lf_problem *p)
+{
+  lua_createtable(L, 0, 7);                     /* entry */
+  set_integer(L, "index", (double)p->index);
+  set_string(L, "id", p->id);
+  set_string(L, "kind", "validation");
+  set_string(L, "path", p->path);
+  set_string(L, "message", p->message);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "retryable");
+  set_integer(L, "attempts", 0);
+}
+
+/* Pushes the report table: counts, the last answer, and one entry per
+   undelivered event (validation problems first grouped per event). */
+static void push_report(lua_State *L, struct lf_work *w)
+{
+  const struct lf_report *r = &w->report;
+  size_t i, k = 0;
+  lua_createtable(L, 0, 10);                    /* report */
+  set_integer(L, "accepted", (double)r->delivered);
+  set_integer(L, "requests", r->requests);
+  set_integer(L, "attempts", r->attempts);
+  set_integer(L, "waited", r->waited);
+  if(r->last_status)
+    set_integer(L, "status", r->last_status);
+  set_string(L, "body", r->last_body);
+  set_string(L, "message", r->message);
+  lua_createtable(L, (int)(r->failed + r->pending +
+                           w->problems.n), 0);  /* report failed */
+  for(i = 0; i < w->problems.n; i++) {
+    push_problem(L, &w->problems.v[i]);
+    lua_rawseti(L, -2, (int)++k);
+  }
+  for(i = 0; i < w->batch.n; i++) {
+    const struct lf_item *it = &w->batch.items[i];
+    if(it->outcome == LF_DELIVERED)
+      continue;
+    push_item_failure(L, it);
+    lua_rawseti(L, -2, (int)++k);
+  }
+  lua_setfield(L, -2, "failed");                /* report */
+}
+
+/* client:upload(events) -> report.  Blocks the calling thread for the
+   whole upload, retries and backoff waits included. */
+static int client_upload(lua_State *L)
+{
+  struct lf_client *c = check_client(L);
+  struct lf_work *w;
+  struct lf_route route;
+  int result;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  w = lua_newuserdata(L, sizeof(*w));           /* work */
+  memset(w, 0, sizeof(*w));
+  lf_batch_init(&w->batch);
+  lf_problems_init(&w->problems);
+  lf_report_init(&w->report);
+  w->live = 1;
+  luaL_setmetatable(L, WORK_MT);
+
+  result = lf_encode_events(L, 2, &c->encode, &w->batch, &w->problems);
+  if(result == LF_ENOMEM)
+    return luaL_error(L, "langfuse: out of memory while encoding");
+
+  memset(&route, 0, sizeof(route));
+  route.kind = LF_ROUTE_INGESTION;
+  route.url = c->ingestion_url;
+  route.prefix = "{\"batch\":[";
+  route.suffix = "]}";
+  if(w->batch.n) {
+    result = lf_upload(c->http, &route, w->batch.items, w->batch.n,
+                       &c->upload, &w->report);
+    if(result == LF_ENOMEM)
+      return luaL_error(L, "langfuse: out of memory while uploading");
+  }
+  push_report(L, w);                            /* work report */
+  return 1;
+}
+
+/* }================================================================ */
+
+
+static const luaL_Reg client_methods[] = {
+  {"upload", client_upload},
+  {"close", client_close},
+  {NULL, NULL}
+};
+
+static void new_metatable(lua_State *L, const char *name,
+                          lua_CFunction gc, const luaL_Reg *methods)
+{
+  luaL_newmetatable(L, name);                   /* mt */
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__close");
+  if(methods) {
+    lua_newtable(L);                            /* mt methods */
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+void lf_client_open(lua_State *L)
+{
+  new_metatable(L, CLIENT_MT, client_close, client_methods);
+  new_metatable(L, WORK_MT, work_gc, NULL);
+  lua_pushcfunction(L, new_client);
+  lua_setfield(L, -2, "new_client");
+  lua_pushlightuserdata(L, NULL);               /* JSON null, as cjson */
+  lua_setfield(L, -2, "null");
+}
