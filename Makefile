@@ -33,7 +33,7 @@ SAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all \
             -fno-omit-frame-pointer
 
 .PHONY: all test test-5.4 test-jit demo bench sanitize test-valgrind lint \
-        install clean deps fuzz
+        install clean deps fuzz rock rock-install
 
 all: $(BUILD)/5.4/langfuse/core.so $(BUILD)/jit/langfuse/core.so
 
@@ -90,6 +90,26 @@ install: all
 	  install -m 644 lua/langfuse/*.lua \
 	    $(DESTDIR)$(PREFIX)/share/lua/$$v/langfuse/; \
 	done
+
+# LuaRocks builds through these two targets (rockspec/*.rockspec): it
+# passes the interpreter's headers and its install folders.
+LUA_INCDIR  ?= $(LUA54_INC)
+INST_LIBDIR ?= $(PREFIX)/lib/lua/5.4
+INST_LUADIR ?= $(PREFIX)/share/lua/5.4
+INST_BINDIR ?= $(PREFIX)/bin
+
+ROCK_INC = $(if $(CURL_INCDIR),-I$(CURL_INCDIR)) \
+           $(if $(ZLIB_INCDIR),-I$(ZLIB_INCDIR))
+
+rock: $(SRCS) $(HDRS)
+	@mkdir -p $(BUILD)/rock/langfuse
+	$(CC) $(CFLAGS_ALL) -I$(LUA_INCDIR) $(ROCK_INC) -shared \
+	  -o $(BUILD)/rock/langfuse/core.so $(SRCS) $(LIBS)
+
+rock-install:
+	install -d $(INST_LIBDIR)/langfuse $(INST_LUADIR)/langfuse
+	install -m 755 $(BUILD)/rock/langfuse/core.so $(INST_LIBDIR)/langfuse/
+	install -m 644 lua/langfuse/*.lua $(INST_LUADIR)/langfuse/
 
 clean:
 	rm -rf $(BUILD)
