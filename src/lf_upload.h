@@ -94,7 +94,10 @@ struct lf_upload_opts {
   uint64_t seed;            /* jitter source; 0 picks one */
 };
 
-/* Fills opts with the defaults below. */
+/* Fills opts with the defaults: 3,500,000 bytes and 500 events per
+   request, 3 retries, backoff base 1 s and cap 30 s, Retry-After
+   honoured up to 60 s, nanosleep, a random seed.  A byte or event
+   limit of 0 means no limit. */
 void lf_upload_opts_init(struct lf_upload_opts *opts);
 
 /* What the requests as a whole did, for the error object. */
@@ -118,7 +121,11 @@ void lf_report_free(struct lf_report *rep);
 ** LF_DELIVERED or LF_FAILED, except after an abort from opts->sleep,
 ** which leaves the undecided ones LF_PENDING.  Returns LF_OK when it
 ** ran to the end (whatever the items' fate), LF_EABORT after an abort,
-** LF_ENOMEM when memory ran out.
+** LF_ENOMEM when memory ran out, LF_EINVAL for a NULL h, route or rep.
+** Every item's result fields are reset first (its message freed), so
+** message must be NULL or from an earlier lf_upload.  A pending item
+** that failed an attempt keeps that attempt's kind, status and message.
+** opts may be NULL for the defaults.
 */
 int lf_upload(struct lf_http *h, const struct lf_route *route,
               struct lf_item *items, size_t n,

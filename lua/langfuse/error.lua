@@ -27,6 +27,10 @@ local fmt = string.format
 -- Longest excerpt of a message repeated in a summary.
 local SUMMARY_MAX = 300
 
+-- Kinds that the same request cannot get past without a change of
+-- configuration, whatever the C core says about keeping the events.
+local NEEDS_CHANGE = { auth = true, forbidden = true, config = true }
+
 
 local Error = {}
 Error.__index = Error
@@ -143,6 +147,9 @@ function _M.from_report(rep, events, total)
   local same_status = true
   for _, f in ipairs(failed) do
     f.event = events[f.index]
+    if NEEDS_CHANGE[f.kind] then
+      f.retryable = false
+    end
     if kind == nil then
       kind = f.kind
     elseif kind ~= f.kind then
