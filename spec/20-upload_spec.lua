@@ -96,6 +96,15 @@ describe("langfuse client", function()
       assert.equal(4, #h.requests(INGESTION))
     end)
 
+    it("reuses one connection across requests", function()
+      local client = h.client{ max_batch_events = 2 }
+      assert(client:upload_events_batch(h.traces(6)))
+      local reqs = h.requests(INGESTION)
+      assert.equal(3, #reqs)
+      assert.equal(reqs[1].peer, reqs[2].peer)
+      assert.equal(reqs[1].peer, reqs[3].peer)
+    end)
+
     it("keeps every request body within max_batch_bytes", function()
       local client = h.client{ max_batch_bytes = 4096 }
       local events = h.traces(60)
@@ -107,7 +116,7 @@ describe("langfuse client", function()
       local reqs = h.requests(INGESTION)
       assert.is_true(#reqs > 5)
       for _, r in ipairs(reqs) do
-        assert.is_true(r.body_bytes <= 4096)
+        assert.is_true(r.body_size <= 4096)
       end
     end)
 
@@ -225,15 +234,34 @@ describe("langfuse client", function()
         h.faults{ script = { { status = case[1],
                                body = '{"message":"nope"}' } } }
         local client = h.client()
-        local res, err = client:upload_events_batch(h.traces(2))
+        local res, err = client:upload_events_batch(h.traces(1))
         assert.is_nil(res)
         assert.equal(case[2], err.kind)
         assert.equal(case[1], err.status)
         assert.is_false(err.retryable)
         assert.equal(1, #h.requests(INGESTION))
-        assert.equal(2, #err.failed)
+        assert.equal(1, #err.failed)
       end)
     end
+
+    it("splits a request refused whole with 400 to find the bad event",
+       function()
+      local script = {}
+      for i = 1, 3 do
+        script[i] = { status = 400, body = "Invalid request data" }
+      end
+      h.faults{ script = script }
+      local client = h.client()
+      local events = h.traces(4)
+      local res, err = client:upload_events_batch(events)
+      assert.is_nil(res)
+      assert.equal("rejected", err.kind)
+      -- The whole request, then the first half, then its first quarter
+      -- were refused; the rest went through.
+      assert.equal(1, #err.failed)
+      assert.equal(1, err.failed[1].index)
+      assert.same({ 0, 1, 1, 1 }, h.delivered_counts(events))
+    end)
 
     it("says to check keys and host on 401", function()
       local client = h.client{ secret_key = "sk-lf-wrong" }
@@ -344,8 +372,9 @@ describe("langfuse client", function()
       events[1].body.metadata = { note = "plain" }
       local res, err = client:upload_events_batch(events)
       assert.is_nil(res)
-      local texts = { tostring(err), err.body or "", err.message,
-                      assert(err:payload()) }
+      local payload = err:payload()
+      assert.is_string(payload)
+      local texts = { tostring(err), err.body or "", err.message, payload }
       for _, l in ipairs(lines) do
         texts[#texts + 1] = l
       end
