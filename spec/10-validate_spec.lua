@@ -341,6 +341,15 @@ describe("langfuse.core", function()
                      p['body["x\\n"]'])
       end)
 
+      it("refuses field names that are not strings", function()
+        local p = body_problems("span-create", { [1] = "x" })
+        assert.equal("field names must be strings (key 1)", p.body)
+        local ev = event("span-create")
+        ev[true] = 1
+        assert.equal("field names must be strings (key true)",
+                     problems({ ev })[""])
+      end)
+
       it("lets unknown fields through when strict is false", function()
         local ev = event("span-create", { colour = "red" },
                          { extra = { 1 } })

@@ -173,8 +173,9 @@ describe("langfuse.core", function()
           local ok = os.execute(cmd)
           return ok == true or ok == 0
         end
-        if not run("mkdir " .. dir .. " && localedef -i de_DE -f UTF-8 "
-                   .. dir .. "/de_DE.UTF-8 >/dev/null 2>&1") then
+        if not run("mkdir " .. dir .. " && env -u LD_PRELOAD localedef "
+                   .. "-i de_DE -f UTF-8 " .. dir .. "/de_DE.UTF-8 "
+                   .. ">/dev/null 2>&1") then
           run("rm -rf " .. dir)
           pending("localedef could not build de_DE.UTF-8")
           return
@@ -184,7 +185,9 @@ describe("langfuse.core", function()
           assert(os.setlocale("de_DE.UTF-8", "numeric"))
           io.write(core.encode({ 1.25, 0.1 + 0.2, 1e300, 1.5e-8 }))
         ]]
-        local f = io.popen("LOCPATH=" .. dir .. " timeout 30 "
+        -- (glibc's setlocale keeps an allocation LeakSanitizer reports)
+        local f = io.popen("LOCPATH=" .. dir .. " ASAN_OPTIONS=detect_leaks=0"
+                           .. " timeout 30 "
                            .. (arg and arg[-1] or "lua5.4") .. " -e '"
                            .. "package.cpath = [[" .. package.cpath
                            .. "]] " .. child:gsub("\n", " ") .. "' 2>&1")

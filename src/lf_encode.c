@@ -246,15 +246,13 @@ static int put_path(struct lf_buf *b, const struct frame *f)
       result = lf_buf_addc(b, '.');
     if(!result)
       result = lf_buf_add(b, f->key, f->klen);
-  }
-  else if(f->key) {
+  } else if(f->key) {
     result = lf_buf_addc(b, '[');
     if(!result)
       result = lf_json_snippet(b, f->key, f->klen, LF_SNIPPET_MAX);
     if(!result)
       result = lf_buf_addc(b, ']');
-  }
-  else if(f->up)
+  } else if(f->up)
     result = lf_buf_printf(b, "[%zu]", f->pos);
   return result;
 }
@@ -309,8 +307,7 @@ static int problem(struct walker *w, const struct frame *f,
   if(++w->nprob > LF_MAX_EVENT_PROBLEMS) {
     result = lf_problems_add(w->probs, w->index, w->id, w->idlen, "",
                              "more problems in this event are not listed");
-  }
-  else {
+  } else {
     va_start(ap, fmt);
     vsnprintf(message, sizeof(message), fmt, ap);
     va_end(ap);
@@ -645,17 +642,22 @@ static int enter_table(struct walker *w, int idx, struct frame *f,
   return 1;
 }
 
+/* Where a key that does not fit was found. */
+enum { IN_ARRAY, IN_OBJECT, IN_FIELDS };
+
 /* Records a problem for the key at kidx that does not fit the table
-   (array or object) being walked. */
+   being walked: an array, an object, or a schema's fields. */
 static int problem_key(struct walker *w, struct frame *f, int kidx,
-                       int in_array)
+                       int where)
 {
   struct lf_buf d;
   int t = lua_type(w->L, kidx), result;
   const char *what;
-  if(t == LUA_TSTRING && in_array)
+  if(where == IN_FIELDS)
+    what = "field names must be strings";
+  else if(t == LUA_TSTRING)
     what = "table mixes array items and string keys";
-  else if(t == LUA_TNUMBER && !in_array)
+  else if(t == LUA_TNUMBER && where == IN_OBJECT)
     what = "table mixes string keys and array items";
   else if(t == LUA_TNUMBER)
     what = "not an array position (1, 2, ...) nor a string key";
@@ -692,7 +694,7 @@ static int put_object(struct walker *w, int idx, struct frame *f, int base,
   while(!result) {
     struct frame c;
     if(lua_type(L, base + 1) != LUA_TSTRING) {
-      result = problem_key(w, f, base + 1, 0);
+      result = problem_key(w, f, base + 1, IN_OBJECT);
       break;
     }
     c.key = lua_tolstring(L, base + 1, &c.klen);
@@ -730,7 +732,7 @@ static int put_array_slow(struct walker *w, int idx, struct frame *f,
     k = lua_type(L, base + 1) == LUA_TNUMBER ? lua_tonumber(L, base + 1)
                                              : 0;
     if(k < 1 || k > ARRAY_POS_MAX || (double)(size_t)k != k) {
-      result = problem_key(w, f, base + 1, 1);
+      result = problem_key(w, f, base + 1, IN_ARRAY);
       lua_settop(L, base);                          /* */
       return result;
     }
@@ -790,7 +792,7 @@ static int put_table(struct walker *w, int idx, struct frame *f,
     result = lua_type(L, base + 1) == LUA_TNUMBER
              ? problem(w, f, "expected an object (string keys), got an "
                        "array")
-             : problem_key(w, f, base + 1, 0);
+             : problem_key(w, f, base + 1, IN_OBJECT);
     lua_settop(L, base);                            /* */
     return result;
   }
@@ -1049,7 +1051,7 @@ static int put_field(struct walker *w, int idx, struct frame *f, int kind,
   case LF_K_TYPE:
     return put_type(w, idx, f, st);
   default:
-    return problem(w, f, "field kind %d not handled", kind);
+    return problem(w, f, "BUG: field kind %d not handled", kind);
   }
 }
 
@@ -1115,8 +1117,7 @@ static int walk_fields(struct walker *w, int idx, struct frame *f,
     int name, kind;
     uint64_t bit;
     if(lua_type(L, base + 1) != LUA_TSTRING) {
-      result = problem_got(w, f, base + 1, "field names must be strings, "
-                           "got the key");
+      result = problem_key(w, f, base + 1, IN_FIELDS);
       lua_settop(L, base + 1);                      /* key */
       continue;
     }
@@ -1132,8 +1133,7 @@ static int walk_fields(struct walker *w, int idx, struct frame *f,
     else if(kind == LF_K_BODY) {
       lua_pushvalue(L, v);                          /* key value body */
       lua_replace(L, st->body_slot);                /* key value */
-    }
-    else {
+    } else {
       if((bit & TRUTHY_FIELDS) && truthy(L, v, c.type))
         st->truthy |= bit;
       if(name == LF_N_ID && c.type == LUA_TSTRING)

@@ -127,7 +127,8 @@ int lf_encode_events(lua_State *L, int idx, const struct lf_encode_opts *o,
 ** of this file (strict and max_event_bytes do not apply).  Problems go to
 ** probs with index 0 and paths relative to the value ("" for the value
 ** itself).  Returns LF_OK, LF_EINVAL after problems (out is then cut back
-** to its length on entry), or LF_ENOMEM.  Never raises.
+** to its length on entry), or LF_ENOMEM.  Never raises, except when
+** LuaJIT runs out of memory growing its stack (lua_checkstack).
 */
 int lf_encode_value(lua_State *L, int idx, const struct lf_encode_opts *o,
                     struct lf_buf *out, struct lf_problems *probs)
@@ -144,7 +145,7 @@ int lf_encode_value(lua_State *L, int idx, const struct lf_encode_opts *o,
 ** With LF_BODY_PARTIAL, missing required fields and the checks across
 ** fields that need them are skipped (for builders checking options
 ** before the ids exist).  An unknown type is one problem with path "".
-** Returns LF_OK, LF_EINVAL or LF_ENOMEM.  Never raises.
+** Returns LF_OK, LF_EINVAL or LF_ENOMEM.  Raises as lf_encode_value.
 */
 int lf_validate_body(lua_State *L, int idx, const char *type,
                      const struct lf_encode_opts *o, int flags,

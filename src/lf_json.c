@@ -178,8 +178,7 @@ int lf_json_string(struct lf_buf *b, const char *str, size_t n, size_t *bad)
       o = b->data + b->len;
       o += put_escape(o, s[i]);
       i++;
-    }
-    else {
+    } else {
       size_t k = utf8_seq(s + i, n - i);
       if(!k) {
         b->len = (size_t)(o - b->data);
@@ -257,8 +256,7 @@ static char *put_digits(char *end, unsigned long long v)
     unsigned k = (unsigned)v * 2;
     *--end = digit_pairs[k + 1];
     *--end = digit_pairs[k];
-  }
-  else
+  } else
     *--end = (char)('0' + v);
   return end;
 }
@@ -345,8 +343,7 @@ static size_t fix_point(char *t, size_t n)
        c == 'E') {
       t[o++] = c;
       in_point = 0;
-    }
-    else if(!in_point) {
+    } else if(!in_point) {
       t[o++] = '.';
       in_point = 1;
     }
