@@ -44,4 +44,9 @@ build = {
     INST_LUADIR = "$(LUADIR)",
     INST_BINDIR = "$(BINDIR)",
   },
+  -- The command-line tool; LuaRocks wraps it so that it finds the
+  -- modules of this tree with the interpreter the rock was built for.
+  install = {
+    bin = { langfuse = "bin/langfuse" },
+  },
 }

@@ -298,6 +298,7 @@ static int client_upload(lua_State *L)
       return luaL_error(L, "langfuse: out of memory while uploading");
   }
   push_report(L, w);                            /* work report */
+  set_integer(L, "total", (double)lua_rawlen(L, 2));
   return 1;
 }
 

@@ -19,6 +19,8 @@
 
 LF_HIDDEN void lf_encode_open(lua_State *L);
 LF_HIDDEN void lf_client_open(lua_State *L);
+LF_HIDDEN void lf_tracer_open(lua_State *L);
+LF_HIDDEN void lf_spool_lua_open(lua_State *L);
 
 #if defined(__GNUC__)
 #define LF_EXPORT __attribute__((visibility("default")))

@@ -420,6 +420,12 @@ static int classify(struct upload *u, const size_t *idx, size_t count)
   if(st >= 200 && st <= 299) {
     if(st == 207 && u->route->kind == LF_ROUTE_INGESTION)
       return by_events(u, idx, count);
+    /* An ingestion answer that broke off after its status line says
+       nothing per event: send again (the server dedupes by id).  An
+       OTLP status line is the server's whole verdict, and a resend
+       would store the spans twice. */
+    if(r->net != LF_NET_OK && u->route->kind == LF_ROUTE_INGESTION)
+      return by_net(u, idx, count);
     for(i = 0; i < count; i++)
       deliver(&u->items[idx[i]]);
     return LF_OK;

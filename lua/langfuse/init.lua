@@ -9,6 +9,11 @@
 --   })
 --   local res, err = client:upload_events_batch(events)
 --
+--   local trace = client:trace{ name = "chat" }   -- see langfuse.tracing
+--   trace:generation{ model = "gpt-4o", input = q }:finish{ output = a }
+--   trace:finish()
+--   client:flush()
+--
 -- Options (each falls back to its environment variable, then to the
 -- default): timeout 5 s (LANGFUSE_TIMEOUT), connect_timeout (= timeout),
 -- max_retries 3, backoff_base 0.5 s, backoff_max 30 s, retry_after_max
@@ -17,21 +22,34 @@
 -- max_batch_events 1000, max_depth 64, strict true, ca_file, logger
 -- (function(level, message)), debug false (LANGFUSE_DEBUG).
 --
+-- Tracing options: protocol "otlp" (or "ingestion"), environment
+-- (LANGFUSE_TRACING_ENVIRONMENT), release (LANGFUSE_RELEASE),
+-- sample_rate 1 (LANGFUSE_SAMPLE_RATE), enabled true
+-- (LANGFUSE_TRACING_ENABLED), flush_at 512 (LANGFUSE_FLUSH_AT),
+-- flush_interval 1 s (LANGFUSE_FLUSH_INTERVAL), gzip true,
+-- queue_max_events 10000, queue_max_bytes 64 MiB, queue_full_policy
+-- "drop_newest" (or "block"), queue_block_timeout 0.5 s, on_error
+-- (function(err)), service_name (OTEL_SERVICE_NAME).
+--
 -- Caller mistakes (an argument of the wrong type) raise; configuration
 -- problems return nil and an error of kind "config"; failures at run time
 -- return nil and an error object (see langfuse.error).
 
 local core = require("langfuse.core")
 local errors = require("langfuse.error")
+local tracing = require("langfuse.tracing")
 
 local type = type
 local pairs = pairs
 local tostring = tostring
 local tonumber = tonumber
 local setmetatable = setmetatable
+local pcall = pcall
 local os_getenv = os.getenv
 local io_stderr = io.stderr
 local fmt = string.format
+local sort = table.sort
+local concat = table.concat
 local floor = math.floor
 
 local DEFAULT_BASE_URL = "https://cloud.langfuse.com"
@@ -58,10 +76,39 @@ local OPTIONS = {
   ca_file = { "string" },
   logger = { "function" },
   debug = { "boolean", { "LANGFUSE_DEBUG" }, false },
+  protocol = { "string", nil, "otlp" },
+  environment = { "string", { "LANGFUSE_TRACING_ENVIRONMENT" } },
+  release = { "string", { "LANGFUSE_RELEASE" } },
+  sample_rate = { "number", { "LANGFUSE_SAMPLE_RATE" }, 1 },
+  enabled = { "boolean", { "LANGFUSE_TRACING_ENABLED" }, true },
+  flush_at = { "count", { "LANGFUSE_FLUSH_AT" }, 512 },
+  flush_interval = { "number", { "LANGFUSE_FLUSH_INTERVAL" }, 1 },
+  gzip = { "boolean", nil, true },
+  queue_max_events = { "count", nil, 10000 },
+  queue_max_bytes = { "count", nil, 64 * 1024 * 1024 },
+  queue_full_policy = { "string", nil, "drop_newest" },
+  queue_block_timeout = { "number", nil, 0.5 },
+  on_error = { "function" },
+  service_name = { "string", { "OTEL_SERVICE_NAME" } },
 }
+
+-- Values of the options that take one of a few words.
+local CHOICES = {
+  protocol = { otlp = true, ingestion = true },
+  queue_full_policy = { drop_newest = true, block = true },
+}
+
+-- Seconds flush and shutdown wait by default, and what closing a client
+-- (Lua 5.4's <close>) gives the sender to deliver what is queued.
+local DEFAULT_WAIT = 10
+local CLOSE_WAIT = 5
 
 -- Smallest sizes that still make sense, so a typo cannot stall uploads.
 local MIN_BATCH_BYTES = 1024
+local MIN_QUEUE_BYTES = 1024
+-- Langfuse's rule for environment names (longer or other names are
+-- replaced by "default" on the server).
+local ENVIRONMENT_MAX = 40
 local MAX_DEPTH_LIMIT = 1000
 
 
@@ -178,6 +225,45 @@ local function check_config(cfg)
 end
 
 
+local function check_tracing(cfg)
+  for name, words in pairs(CHOICES) do
+    if not words[cfg[name]] then
+      local list = {}
+      for w in pairs(words) do
+        list[#list + 1] = fmt("%q", w)
+      end
+      sort(list)
+      return fmt("%s must be one of %s, got %q", name, concat(list, ", "),
+                 cfg[name])
+    end
+  end
+  if cfg.sample_rate > 1 then
+    return fmt("sample_rate must be between 0 and 1, got %s",
+               tostring(cfg.sample_rate))
+  end
+  if cfg.flush_at < 1 then
+    return "flush_at must be at least 1"
+  end
+  if cfg.flush_interval <= 0 then
+    return "flush_interval must be greater than 0"
+  end
+  if cfg.queue_max_events < 1 then
+    return "queue_max_events must be at least 1"
+  end
+  if cfg.queue_max_bytes < MIN_QUEUE_BYTES then
+    return fmt("queue_max_bytes must be at least %d", MIN_QUEUE_BYTES)
+  end
+  local env = cfg.environment
+  if env and (#env > ENVIRONMENT_MAX or not env:match("^[a-z0-9_-]+$")
+              or env:match("^langfuse")) then
+    return fmt("environment must be 1 to %d characters of a-z, 0-9, _ "
+               .. "and -, not starting with \"langfuse\", got %q",
+               ENVIRONMENT_MAX, env)
+  end
+  return nil
+end
+
+
 local Client = {}
 Client.__index = Client
 
@@ -217,7 +303,7 @@ function Client:upload_events_batch(events)
     error('bad "events" argument: expected an array of events', 2)
   end
   local rep = self.core:upload(events)
-  local total = #events
+  local total = rep.total
   if #rep.failed == 0 then
     if self.debug then
       self:log("debug", fmt("delivered %d events in %d requests",
@@ -232,8 +318,82 @@ function Client:upload_events_batch(events)
 end
 
 
+-- Hands a sender failure to on_error, or to the logger.
+function Client:_report(err)
+  local on_error = self.on_error
+  if not on_error then
+    self:log("warn", tostring(err))
+    return
+  end
+  local ok, why = pcall(on_error, err)
+  if not ok then
+    self:log("error", "on_error raised: " .. tostring(why))
+  end
+end
+
+
+-- Reports the failures a tracer call returned, if any.
+local function report(self, fails)
+  if fails then
+    tracing.report(self, fails)
+  end
+end
+
+
+Client.trace = tracing.trace
+Client.score = tracing.score
+
+
+-- Waits until everything recorded before the call is delivered or has
+-- failed.  Returns true, or false and "timeout".
+function Client:flush(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error('bad "timeout" argument: expected seconds', 2)
+  end
+  local ok, fails = self._tracer:flush(timeout or DEFAULT_WAIT)
+  report(self, fails)
+  if not ok then
+    return false, "timeout"
+  end
+  return true
+end
+
+
+-- Flushes for up to timeout seconds, then stops the sender and joins its
+-- thread.  Returns true, or false and "timeout" when events were left
+-- undelivered (each is reported to on_error, kind "shutdown").
+function Client:shutdown(timeout)
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error('bad "timeout" argument: expected seconds', 2)
+  end
+  local ok, fails = self._tracer:shutdown(timeout or DEFAULT_WAIT)
+  report(self, fails)
+  if not ok then
+    return false, "timeout"
+  end
+  return true
+end
+
+
+-- The sender's counters: queued, sent, accepted, retried, failed,
+-- dropped, bytes_sent, requests, last_error, and more (see README).
+function Client:stats()
+  local st, fails = self._tracer:stats()
+  report(self, fails)
+  return st
+end
+
+
 function Client:close()
+  self:shutdown(CLOSE_WAIT)
   self.core:close()
+end
+
+
+-- Lua 5.4: `local client <close> = langfuse.new()` shuts down on scope
+-- exit.
+function Client:__close()
+  self:shutdown(CLOSE_WAIT)
 end
 
 
@@ -252,15 +412,19 @@ function _M.new(opts)
   if not cfg then
     return config_error(why)
   end
-  why = check_config(cfg)
+  why = check_config(cfg) or check_tracing(cfg)
   if why then
     return config_error(why)
   end
+  cfg.report = cfg.on_error ~= nil or cfg.logger ~= nil or cfg.debug
   local self = setmetatable({
     cfg = cfg,
     core = core.new_client(cfg),
+    _tracer = core.new_tracer(cfg),
+    _late = cfg.protocol == "ingestion",
     logger = cfg.logger,
     debug = cfg.debug,
+    on_error = cfg.on_error,
     secret = cfg.secret_key,
   }, Client)
   cfg.secret_key = nil
