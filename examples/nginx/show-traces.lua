@@ -1,5 +1,5 @@
 -- Prints the traces the local test server received, one line per
--- generation: trace id, trace name, model, usage, level, latency.
+-- generation: trace id, model, usage, user, level, latency.
 --
 --   lua5.4 examples/nginx/show-traces.lua http://127.0.0.1:PORT
 
@@ -24,8 +24,7 @@ local function usage_text(raw)
   if not ok or type(u) ~= "table" then
     return "-"
   end
-  return fmt("%s in / %s out", tostring(u.input or "?"),
-             tostring(u.output or "?"))
+  return fmt("%d in / %d out", u.input or 0, u.output or 0)
 end
 
 
@@ -36,10 +35,10 @@ for _, s in ipairs(doc.spans) do
   if a["langfuse.observation.type"] == "generation" then
     local ms = (tonumber(s.endTimeUnixNano) - tonumber(s.startTimeUnixNano))
                / 1e6
-    rows[#rows + 1] = fmt("  %s  %-26s %-12s %-18s %-8s %7.1f ms",
-      s.traceId, tostring(a["langfuse.trace.name"] or s.name),
-      tostring(a["langfuse.observation.model.name"] or "-"),
+    rows[#rows + 1] = fmt("  %s  %-12s %-14s %-8s %-8s %7.1f ms",
+      s.traceId, tostring(a["langfuse.observation.model.name"] or "-"),
       usage_text(a["langfuse.observation.usage_details"]),
+      tostring(a["user.id"] or "-"),
       tostring(a["langfuse.observation.level"] or "DEFAULT"), ms)
   end
 end

@@ -413,6 +413,7 @@ local function collect(opts)
     route = var.uri,
     method = ngx.req.get_method(),
     start = ngx.req.start_time(),
+    finish = ngx.now(),        -- the time this event loop turn began
     id = var.request_id,
     header_time = var.upstream_header_time,
     upstream = var.upstream_addr,
@@ -426,45 +427,54 @@ local function collect(opts)
     r.req_body = body
   end
   local state = ngx.ctx.langfuse_body
-  if state and state.n > 0 then
+  if not state then
+    return r
+  end
+  r.truncated = state.truncated
+  if state.n > 0 then
     local text = state.n == 1 and state[1] or concat(state, "", 1, state.n)
     if #text > settings.max_body_bytes then
       text = sub(text, -settings.max_body_bytes)
     end
     r.res_body = text
     r.stream = state.stream
-    r.whole = not state.truncated and not state.done
-    r.truncated = state.truncated
+    r.whole = not state.done
   end
   return r
 end
 
 
--- Records one collected request as a trace with a generation.
-local function build_trace(r)
+-- Records one collected request as a trace with a generation.  lean:
+-- without what came from the client, the upstream or opts (user,
+-- session, input, output, model parameters, tags, opts.metadata), for a
+-- second try when one of those was refused (invalid UTF-8 in a header,
+-- say): the request is still counted, with its latency and usage.
+local function build_trace(r, lean)
   local opts = r.opts
   local status = r.status
   local req = read_request(r.req_body)
   local res = read_response(r.res_body, r.stream, r.whole)
-  local io = settings.capture_io and opts.capture_io ~= false
+  local keep_io = not lean and settings.capture_io
+                  and opts.capture_io ~= false
   local header_time = last_number(r.header_time)
   local level = level_of(status)
 
   local metadata = { route = r.route, status = status }
-  if opts.metadata then
+  if opts.metadata and not lean then
     for k, v in pairs(opts.metadata) do
       metadata[k] = v
     end
   end
-  local input = io and (req.messages or req.input or req.prompt) or nil
-  local output = io and res.output or nil
+  local input = keep_io and (req.messages or req.input or req.prompt)
+                or nil
+  local output = keep_io and res.output or nil
 
   local trace = client:trace{
     id = r.id,
     name = opts.name or (r.method .. " " .. r.route),
-    user_id = r.user,
-    session_id = r.session,
-    tags = opts.tags,
+    user_id = not lean and r.user or nil,
+    session_id = not lean and r.session or nil,
+    tags = not lean and opts.tags or nil,
     metadata = metadata,
     input = input,
     output = output,
@@ -473,7 +483,7 @@ local function build_trace(r)
     name = opts.generation_name or r.route,
     model = res.model or (type(req.model) == "string" and req.model)
             or nil,
-    model_parameters = model_parameters(req),
+    model_parameters = not lean and model_parameters(req) or nil,
     usage_details = usage_details(res.usage),
     input = input,
     output = output,
@@ -486,7 +496,7 @@ local function build_trace(r)
       upstream_status = r.upstream_status,
       body_truncated = r.truncated,
     },
-  }:finish()
+  }:finish{ end_time = r.finish }
   trace:finish()
 end
 
@@ -529,7 +539,14 @@ function build_pending(premature, all)
     pending[i] = nil
     local ok, err = pcall(build_trace, r)
     if not ok then
-      failure("trace_request", err)
+      local why = err
+      ok, err = pcall(build_trace, r, true)
+      if ok then
+        log(WARN, TAG, "request ", r.id, " recorded without user, ",
+            "session, input, output and tags: ", tostring(why))
+      else
+        failure("trace_request", err)
+      end
     end
   end
   head = last + 1
@@ -681,10 +698,12 @@ function _M.exit_worker(timeout)
   end
   local _, st = pcall(client.stats, client)
   st = type(st) == "table" and st or {}
+  local lost = (st.failed or 0) + (st.dropped or 0) + dropped_pending
   local line = fmt("exit: %d events delivered, %d failed, %d dropped, "
-                   .. "%d left undelivered", st.accepted or 0,
-                   st.failed or 0, st.dropped or 0, st.undelivered or 0)
-  if done and (st.failed or 0) + (st.dropped or 0) == 0 then
+                   .. "%d left undelivered, %d requests not recorded",
+                   st.accepted or 0, st.failed or 0, st.dropped or 0,
+                   st.undelivered or 0, dropped_pending)
+  if done and lost == 0 then
     log(INFO, TAG, line)
   else
     log(WARN, TAG, line)

@@ -38,7 +38,10 @@ local function check(cond, ...)
 end
 
 
-local function gateway(extra)
+-- Starts the example gateway for this test; after it, nginx must have
+-- logged no line at level error or worse, except those matching
+-- allowed (a Lua pattern), of which there must be at least one.
+local function gateway(extra, allowed)
   local env = {
     LANGFUSE_PUBLIC_KEY = "pk-lf-test",
     LANGFUSE_SECRET_KEY = "sk-lf-test",
@@ -52,9 +55,17 @@ local function gateway(extra)
   local g = h.start_gateway(env)
   h.defer(function()
     g:stop("QUIT", 30)
-    local bad = g:bad_lines()
+    local bad, seen = {}, 0
+    for _, line in ipairs(g:bad_lines()) do
+      if allowed and line:match(allowed) then
+        seen = seen + 1
+      else
+        bad[#bad + 1] = line
+      end
+    end
     check(#bad == 0, "error log has %d bad lines:\n%s", #bad,
           table.concat(bad, "\n"))
+    check(not allowed or seen > 0, "no line matches %s", allowed)
   end)
   return g
 end
@@ -161,6 +172,9 @@ local function check_trace(c, spans)
     check(t1 - t0 >= c.delay - 0.01, "latency %.3f s, upstream waited %.2f",
           t1 - t0, c.delay)
   end
+  -- nginx's clock has milliseconds; the client's wait includes more.
+  check(t1 - t0 <= c.took + 0.002, "latency %.4f s, the client waited %.4f",
+        t1 - t0, c.took)
 end
 
 
@@ -168,7 +182,8 @@ end
 local function send_round(g, cases)
   for i, c in ipairs(cases) do
     c.sent = h.now()
-    local status, doc, hdr = g:chat(c)
+    local status, doc, hdr, took = g:chat(c)
+    c.took = took
     check(status == c.status, "request %d: status %s", i, tostring(status))
     c.id = hdr["x-request-id"]
     check(c.id and #c.id == 32, "request %d: no request id", i)
@@ -414,12 +429,84 @@ h.test("a long stream keeps its usage; a JSON answer over " ..
 end)
 
 
+h.test("a request whose user header the builders refuse is still " ..
+       "recorded, without it", function()
+  server:reset()
+  local g = gateway()
+  local _, _, hdr = g:chat{ headers = { ["x-user-id"] = "bad \255 id" } }
+  local id = hdr["x-request-id"]
+  check_all_arrived({ id }, "bad header")
+  local traces = server:traces()
+  local gen = generation_of(traces[id])
+  check(attr(gen, "user.id") == nil, "user.id %s", tostring(attr(gen,
+        "user.id")))
+  check(attr(gen, "langfuse.observation.usage_details"), "no usage")
+  check(g:error_log():match("%[warn%][^\n]*recorded without user"),
+        "no warning about the refused header")
+end)
+
+
+h.test("a score recorded from content_by_lua arrives", function()
+  server:reset()
+  local g = gateway()
+  local _, _, hdr = g:chat{ text = "rate me" }
+  local id = hdr["x-request-id"]
+  local body = json.encode({ trace_id = id, value = 1, comment = "good" })
+  local status, text = h.request("POST", g.url .. "/v1/feedback", body)
+  check(status == 202, "feedback: %s %s", tostring(status), tostring(text))
+  local bad = h.request("POST", g.url .. "/v1/feedback", "{}")
+  check(bad == 400, "a bad document got %s", tostring(bad))
+  local ev = h.wait_for(function()
+    for _, e in ipairs(server:events().events) do
+      if e.type == "score-create" then
+        return e
+      end
+    end
+  end, ARRIVAL_WAIT)
+  check(ev, "no score arrived")
+  check(ev.body.traceId == id and ev.body.value == 1
+        and ev.body.name == "user-feedback", "score %s", json.encode(ev))
+end)
+
+
 h.test("a burst larger than batch_max is built over several timer runs",
        function()
   server:reset()
   local g = gateway{ LANGFUSE_INIT_OPTS = "batch_delay = 0.5, batch_max = 3" }
   local ids = send_plain(g, 25)
   check_all_arrived(ids, "burst")
+end)
+
+
+h.test("a full queue drops and counts; requests stay fast; the log " ..
+       "says so in warnings", function()
+  local g = gateway{
+    LANGFUSE_BASE_URL = "http://127.0.0.1:9",     -- nothing listens
+    LANGFUSE_INIT_OPTS = "queue_max_events = 4, max_retries = 0, " ..
+                         "report_interval = 0.2",
+  }
+  send_prompt(g, 30, "full")
+  local dropped = h.wait_for(function()
+    local total = 0
+    for _ = 1, 8 do
+      local _, body = h.request("GET", g.url .. "/_langfuse/stats")
+      total = math.max(total, json.decode(body).dropped or 0)
+    end
+    return total > 0 and total
+  end, 5)
+  check(dropped, "no drop counted")
+  h.sleep(0.5)
+  local log = g:error_log()
+  check(log:match("%[warn%][^\n]*%[langfuse%][^\n]*queue full"),
+        "no warning about the full queue")
+end)
+
+
+h.test("a bad configuration turns tracing off; nginx still serves",
+       function()
+  local g = gateway({ LANGFUSE_PUBLIC_KEY = "" },
+                    "%[langfuse%] tracing off: .*public key")
+  send_plain(g, 3)
 end)
 
 
