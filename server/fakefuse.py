@@ -14,13 +14,19 @@ Usage:
   python3 server/fakefuse.py --port 0 --port-file /tmp/port
       [--host 127.0.0.1] [--public-key pk-lf-test] [--secret-key sk-lf-test]
       [--tls-port N --tls-cert F --tls-key F [--tls-port-file F]] [--verbose]
-      [--fast]
+      [--fast | --scan]
 
 --fast is for benchmarks, where this server must not be the bottleneck: the
 OTLP route still checks the request's shape (arrays, ids, times, kinds, that
 attributes are a KeyValue list) but neither reads nor records attribute
 values, and the ingestion route checks each event's envelope (an object with
 a string id, a known type and a body object) but not the body's fields.
+--scan goes further for OTLP, for clients faster than Python's JSON parser
+(about 25 MB/s here): bodies are not parsed; each span's ids are read with
+one byte scan that expects "traceId", "spanId" and "parentSpanId" first, in
+that order (as this project's client and OpenTelemetry's JSON exporters
+write them), and a body where that scan misses a span is answered 400.
+Spans are recorded with their ids only.  Ingestion is handled as --fast.
 
 --port 0 picks a free port; the port files are written (atomically) once the
 listeners accept connections, the TLS one first. Auth is Basic pk:sk; a
@@ -155,8 +161,10 @@ EVENTS_ONLY_REMEDIATION = (
 
 STOPPING = threading.Event()
 VERBOSE = False
-# --fast: shape checks only (see the module docstring).
+# --fast: shape checks only; --scan: OTLP ids by a byte scan (see the
+# module docstring).
 FAST = False
+SCAN = False
 
 
 def log(fmt, *args):
@@ -816,6 +824,9 @@ def format_issues(issues):
 # ---------------------------------------------------------------------------
 
 _HEX32 = re.compile(r"[0-9a-f]{32}", re.ASCII).fullmatch
+# --scan: one span's ids, as the start of its object.
+_SPAN_SCAN = re.compile(rb'\{"traceId":"([0-9a-f]{32})","spanId":"([0-9a-f]{16})"'
+                        rb'(?:,"parentSpanId":"([0-9a-f]{16})")?')
 _HEX16 = re.compile(r"[0-9a-f]{16}", re.ASCII).fullmatch
 _NANOS = re.compile(r"[0-9]{1,20}", re.ASCII).fullmatch
 _INT64 = re.compile(r"-?[0-9]{1,19}", re.ASCII).fullmatch
@@ -1831,6 +1842,8 @@ class Handler(BaseHTTPRequestHandler):
         if "application/x-protobuf" in ctype and "application/json" not in ctype:
             return json_reply(415, {"error": "Protobuf is not supported by this test server; "
                                              "send OTLP/JSON"})
+        if SCAN:
+            return self.otlp_scan(body, entry)
         text, clean = decode_utf8(body)
         entry["invalid_utf8"] = not clean
         ok, root = strict_json(text)
@@ -1857,6 +1870,19 @@ class Handler(BaseHTTPRequestHandler):
                 return json_reply(400, {"error": 'Unsupported x-langfuse-ingestion-version: '
                                                  '"%s". Maximum supported: "4".' % version})
         STATE.record_spans(reader.spans, entry["seq"])
+        return json_reply(200, {})
+
+    def otlp_scan(self, body, entry):
+        """--scan: the spans' ids from a byte scan, no JSON parse."""
+        found = _SPAN_SCAN.findall(body)
+        entry["spans"] = len(found)
+        if not body.startswith(b'{"resourceSpans":[') or \
+                len(found) != body.count(b'"spanId":"'):
+            return json_reply(400, {"error": "--scan cannot read this body: run the "
+                                             "server without --scan"})
+        STATE.record_spans([{"traceId": t.decode(), "spanId": s.decode(),
+                             "parentSpanId": p.decode() or None, "name": None,
+                             "attributes": {}} for t, s, p in found], entry["seq"])
         return json_reply(200, {})
 
     def otlp_metrics(self, body, size, entry):
@@ -2005,8 +2031,11 @@ def parse_args(argv):
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-port-file", help="write the chosen TLS port here")
     parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("--fast", action="store_true",
-                        help="benchmarks: shape checks only, no attribute or body fields")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--fast", action="store_true",
+                      help="benchmarks: shape checks only, no attribute or body fields")
+    mode.add_argument("--scan", action="store_true",
+                      help="benchmarks: as --fast, and OTLP span ids by a byte scan")
     args = parser.parse_args(argv)
     if args.tls_port is not None and not (args.tls_cert and args.tls_key):
         parser.error("--tls-port needs --tls-cert and --tls-key")
@@ -2014,10 +2043,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    global VERBOSE, FAST
+    global VERBOSE, FAST, SCAN
     args = parse_args(argv)
     VERBOSE = args.verbose
-    FAST = args.fast
+    FAST = args.fast or args.scan
+    SCAN = args.scan
     keys = (args.public_key, args.secret_key)
     servers = [Server((args.host, args.port), keys)]
     if args.tls_port is not None:

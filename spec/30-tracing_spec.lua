@@ -1,5 +1,4 @@
 local h = require("helpers")
-local langfuse = require("langfuse")
 
 local cjson = h.cjson
 

@@ -4,7 +4,6 @@ local core = require("langfuse.core")
 local socket = require("socket")
 
 local OTLP = "/api/public/otel/v1/traces"
-local INGESTION = "/api/public/ingestion"
 
 -- Seconds a flush may take against the local server.
 local FLUSH_WAIT = 10
@@ -482,7 +481,8 @@ describe("langfuse background sender", function()
       f:write(script)
       f:close()
       local t0 = h.now()
-      local ok, how, code = os.execute(string.format("%s %s %s %s", interp,
+      local ok, how, code = os.execute(string.format("exec %s %s %s %s",
+                                                     interp,
                                                      path, h.url, "closed"))
       local took = h.now() - t0
       os.remove(path)

@@ -7,15 +7,21 @@
 ** right type) and returns a userdata that owns one lf_http handle.
 ** client:upload(events) validates and encodes the events in C, uploads
 ** the valid ones on the caller's thread and returns a plain report table
-** that the Lua layer turns into a result or an error object.
+** that the Lua layer turns into a result or an error object.  With
+** spool_dir the spool is the upload's write-ahead log (lf_durable.h):
+** the report then counts what it keeps (spooled) and what it could not
+** take (spool_failed, spool_error), and each failure entry says whether
+** its event stays in the spool.
 */
 #include <stdlib.h>
 #include <string.h>
 
 #include "lf_compat.h"
 #include "lf_core.h"
+#include "lf_durable.h"
 #include "lf_encode.h"
 #include "lf_http.h"
+#include "lf_sender.h"
 #include "lf_upload.h"
 
 #define CLIENT_MT "langfuse.core.client"
@@ -29,6 +35,7 @@ struct lf_client {
   char *ingestion_url;          /* owned */
   struct lf_upload_opts upload;
   struct lf_encode_opts encode;
+  struct lf_durable *durable;   /* owned; NULL without spool_dir */
 };
 
 /* Scratch state of one upload, kept in a userdata so that a memory
@@ -37,6 +44,9 @@ struct lf_work {
   struct lf_batch batch;
   struct lf_problems problems;
   struct lf_report report;
+  unsigned char *kept;          /* per item: in the spool; or NULL */
+  size_t spool_failed;
+  char spool_err[LF_SPOOL_ERRMAX];
   int live;
 };
 
@@ -109,6 +119,8 @@ static void client_release(struct lf_client *c)
   c->http = NULL;
   free(c->ingestion_url);
   c->ingestion_url = NULL;
+  lf_durable_free(c->durable);
+  c->durable = NULL;
 }
 
 static int client_close(lua_State *L)
@@ -164,6 +176,14 @@ static int new_client(lua_State *L)
 
   c->ingestion_url = join_url(base, INGESTION_PATH);
   c->http = c->ingestion_url ? lf_http_new(&hc) : NULL;
+  if(c->http) {
+    struct lf_spool_opts so;
+    const char *dir = lf_durable_lua_config(L, 1, &so);
+    if(dir && !(c->durable = lf_durable_new(dir, &so))) {
+      lf_http_free(c->http);
+      c->http = NULL;
+    }
+  }
   if(!c->http) {
     client_release(c);
     return luaL_error(L, "new_client: out of memory");
@@ -184,6 +204,8 @@ static int work_gc(lua_State *L)
     lf_problems_free(&w->problems);
     lf_items_clear(w->batch.items, w->batch.n);
     lf_report_free(&w->report);
+    free(w->kept);
+    w->kept = NULL;
     w->live = 0;
   }
   return 0;
@@ -203,8 +225,10 @@ static void set_integer(lua_State *L, const char *k, double v)
   lua_setfield(L, -2, k);
 }
 
-/* Pushes the failure entry of one item that was not delivered. */
-static void push_item_failure(lua_State *L, const struct lf_item *it)
+/* Pushes the failure entry of one item that was not delivered; spooled
+   says it stays in the spool. */
+static void push_item_failure(lua_State *L, const struct lf_item *it,
+                              int spooled)
 {
   lua_createtable(L, 0, 8);                     /* entry */
   set_integer(L, "index", (double)it->index);
@@ -218,6 +242,10 @@ static void push_item_failure(lua_State *L, const struct lf_item *it)
   lua_pushboolean(L, it->retryable || it->outcome == LF_PENDING);
   lua_setfield(L, -2, "retryable");
   set_integer(L, "attempts", it->attempts);
+  if(spooled) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "spooled");
+  }
 }
 
 /* Pushes the failure entry of an event refused by validation. */
@@ -239,7 +267,7 @@ static void push_problem(lua_State *L, const struct lf_problem *p)
 static void push_report(lua_State *L, struct lf_work *w)
 {
   const struct lf_report *r = &w->report;
-  size_t i, k = 0;
+  size_t i, k = 0, kept = 0;
   lua_createtable(L, 0, 10);                    /* report */
   set_integer(L, "accepted", (double)r->delivered);
   set_integer(L, "requests", r->requests);
@@ -259,10 +287,40 @@ static void push_report(lua_State *L, struct lf_work *w)
     const struct lf_item *it = &w->batch.items[i];
     if(it->outcome == LF_DELIVERED)
       continue;
-    push_item_failure(L, it);
+    push_item_failure(L, it, w->kept && w->kept[i]);
+    kept += w->kept && w->kept[i];
     lua_rawseti(L, -2, (int)++k);
   }
   lua_setfield(L, -2, "failed");                /* report */
+  if(w->kept) {
+    set_integer(L, "spooled", (double)kept);
+    set_integer(L, "spool_failed", (double)w->spool_failed);
+    if(w->spool_err[0])
+      set_string(L, "spool_error", w->spool_err);
+  }
+}
+
+/* Uploads the batch, through the spool when there is one; a sender of
+   this process on the same spool is asked to replay what stays. */
+static int upload_batch(struct lf_client *c, const struct lf_route *route,
+                        struct lf_work *w)
+{
+  size_t i, n = w->batch.n;
+  int result;
+  if(!c->durable)
+    return lf_upload(c->http, route, w->batch.items, n, &c->upload,
+                     &w->report);
+  w->kept = calloc(n, 1);
+  if(!w->kept)
+    return LF_ENOMEM;
+  result = lf_durable_upload(c->durable, c->http, route, w->batch.items,
+                             n, &c->upload, &w->report, w->kept,
+                             &w->spool_failed, w->spool_err);
+  for(i = 0; i < n && !w->kept[i]; i++)
+    ;
+  if(i < n)
+    lf_sender_kick_dir(lf_durable_dir(c->durable));
+  return result;
 }
 
 /* client:upload(events) -> report.  Blocks the calling thread for the
@@ -292,8 +350,7 @@ static int client_upload(lua_State *L)
   route.prefix = "{\"batch\":[";
   route.suffix = "]}";
   if(w->batch.n) {
-    result = lf_upload(c->http, &route, w->batch.items, w->batch.n,
-                       &c->upload, &w->report);
+    result = upload_batch(c, &route, w);
     if(result == LF_ENOMEM)
       return luaL_error(L, "langfuse: out of memory while uploading");
   }

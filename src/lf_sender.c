@@ -26,6 +26,19 @@
 ** handle abandoned.  Abandoned handles stay listed in orphans[] so that
 ** they remain reachable; they are never cleaned up in the child.
 **
+** Spool.  Two handles (lf_durable.h) on the same directory: "spool"
+** takes the events that are also queued, so their refs stay good until
+** they are acked; "overflow" takes the events kept in the spool alone
+** (no room in memory), and is given up every RELEASE_INTERVAL, which
+** cannot cost a duplicate since none of its records is in memory.  The
+** events of "spool" that leave memory unacked (failed, kept) are its
+** orphans: the handle is given up when nothing is held in memory, or
+** when nothing else is left to replay (a duplicate is then possible for
+** what memory still holds).  The replay chunk (rp_head) and the claim
+** it reads belong to the thread; the chunk's links change under the
+** lock so that a child can free an inherited chunk.  Spool calls are
+** never made with the lock held.
+**
 ** Caveats.  lf_upload checks for a stop only when it is about to wait,
 ** so a stop waits for the requests of the round in progress: one request
 ** normally (a batch never exceeds one request's limits), more when the
@@ -46,6 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lf_durable.h"
 #include "lf_sender.h"
 
 /* Routes a sender serves: enum lf_route_kind indexes them. */
@@ -60,6 +74,24 @@
 #define NOMEM_PAUSE 1.0
 /* Bytes of one log message. */
 #define LOG_MAX 512
+/* Seconds between looks for segments that processes which died left in
+   the spool, when nothing else asks for a replay. */
+#define REPLAY_RESCAN 30.0
+/* Seconds between give-ups of the overflow handle: each seals a segment
+   (two fsyncs), so it is not done for every event. */
+#define RELEASE_INTERVAL 1.0
+/* Shortest wait in seconds between replay attempts that failed, whatever
+   backoff_base says: a server that is down must not make a busy loop. */
+#define REPLAY_WAIT_MIN 0.05
+/* Orphans past which the "spool" handle is given up even with events in
+   memory (each costs 8 bytes of offsets until then; a duplicate is the
+   price for what memory holds). */
+#define SPOOL_ORPHANS_MAX 65536
+/* Times a replay that found only our own records waits RELEASE_PAUSE
+   seconds for memory to empty (sending it at once) before it gives the
+   "spool" handle up anyway, which risks duplicates. */
+#define RELEASE_PATIENCE 20
+#define RELEASE_PAUSE 0.05
 
 enum state {
   ST_IDLE = 0,            /* no thread in this process */
@@ -68,12 +100,24 @@ enum state {
   ST_CLOSED               /* stopped for good */
 };
 
+/* What the thread does with a settled event's spool record. */
+enum fate {
+  FATE_NONE = 0,          /* nothing: not spooled, or kept there */
+  FATE_ACK,               /* delivered: ack it */
+  FATE_DEAD               /* refused for good: dead-letter, then ack */
+};
+
 /* One queued event: a single allocation holding the JSON and the id. */
 struct qitem {
   struct qitem *next;
   uint64_t seq;
   size_t len;
   const char *id;         /* points into data, after the JSON */
+  struct lf_spool_ref ref; /* its record, when spooled */
+  int spooled;            /* ref names a record of the "spool" handle */
+  int route;              /* enum lf_route_kind */
+  int fate;               /* enum fate, set when it settles */
+  char *reason;           /* dead-letter reason (malloc'd), or NULL */
   char data[];            /* json, NUL, id, NUL */
 };
 
@@ -120,6 +164,9 @@ struct lf_sender {
   void *leftover_ud;
   lf_log_fn log;
   void *log_ud;
+  char *spool_dir;        /* NULL: no spool */
+  struct lf_durable *spool;    /* owned: records also held in memory */
+  struct lf_durable *overflow; /* owned: records kept in the spool only */
 
   /* everything below is guarded by lock */
   pthread_mutex_t lock;
@@ -148,8 +195,19 @@ struct lf_sender {
   size_t fail_first;
   size_t fail_n;
   struct lf_sender_stats st;
+  int backlog;            /* the spool may hold records to replay */
+  int spool_dirty;        /* appends to "spool" not yet synced */
+  int overflow_dirty;     /* appends to "overflow" not yet given up */
+  uint64_t orphans;       /* records of "spool" no longer in memory */
+  double replay_due;      /* monotonic time of the next replay step */
+  double replay_wait;     /* the current wait after a failed replay */
+  double rescan_due;      /* when to look for dead processes' segments */
+  double release_due;     /* when to give up "overflow" next */
+  int release_waits;      /* RELEASE_PATIENCE spent so far */
+  struct qitem *rp_head;  /* the replay chunk, in spool order */
 
   /* owned by the thread while it runs */
+  struct lf_spool_claim *rp_claim; /* the segment replay reads */
   struct lf_item *items;  /* flush_at entries, the batch for lf_upload */
   double waited;          /* longest wait lf_upload asked for */
   struct lf_http *h;      /* made by the first enqueue */
@@ -232,12 +290,19 @@ static void sender_log(const struct lf_sender *s, int level,
 }
 
 /* Records a failure (lock held): into the ring, or into failures_lost
-   when the ring is full.  last_error always takes the message. */
+   when the ring is full.  last_error always takes the message.  spooled
+   says the event stays in the spool; the message then says so too. */
 static void add_failure(struct lf_sender *s, int route, int kind,
                         int status, int attempts, int retryable,
-                        const char *id, size_t idlen, const char *msg)
+                        int spooled, const char *id, size_t idlen,
+                        const char *msg)
 {
   struct lf_failure *f;
+  char text[LF_SENDER_MESSAGE_MAX];
+  if(spooled) {
+    snprintf(text, sizeof(text), "%s; kept in the spool", msg);
+    msg = text;
+  }
   copy_text(s->st.last_error, sizeof(s->st.last_error), msg,
             strlen(msg));
   if(s->fail_n == s->fail_cap) {
@@ -251,6 +316,7 @@ static void add_failure(struct lf_sender *s, int route, int kind,
   f->status = status;
   f->attempts = attempts;
   f->retryable = retryable;
+  f->spooled = spooled;
   copy_text(f->id, sizeof(f->id), id, idlen);
   copy_text(f->message, sizeof(f->message), msg, strlen(msg));
 }
@@ -283,7 +349,8 @@ static void drop_locked(struct lf_sender *s, int route, int result,
     break;
   }
   s->st.dropped++;
-  add_failure(s, route, kind, 0, 0, result != LF_EINVAL, id, idlen, msg);
+  add_failure(s, route, kind, 0, 0, result != LF_EINVAL, 0, id, idlen,
+              msg);
 }
 
 /* Frees a chain of items. */
@@ -291,6 +358,7 @@ static void free_chain(struct qitem *it)
 {
   while(it) {
     struct qitem *next = it->next;
+    free(it->reason);
     free(it);
     it = next;
   }
@@ -304,6 +372,29 @@ static struct qitem *queue_take_all(struct queue *q)
   q->last = NULL;
   q->count = 0;
   return all;
+}
+
+/* A new queue item holding copies of json and id, or NULL when out of
+   memory or too big to count; the caller owns it (free()). */
+static struct qitem *item_new(const char *json, size_t len,
+                              const char *id, size_t idlen)
+{
+  struct qitem *it;
+  if(len > (size_t)-1 / 4 || idlen > (size_t)-1 / 4)
+    return NULL;
+  it = malloc(sizeof(*it) + len + idlen + 2);
+  if(!it)
+    return NULL;
+  memset(it, 0, sizeof(*it));
+  it->len = len;
+  if(len)
+    memcpy(it->data, json, len);
+  it->data[len] = '\0';
+  if(idlen)
+    memcpy(it->data + len + 1, id, idlen);
+  it->data[len + 1 + idlen] = '\0';
+  it->id = it->data + len + 1;
+  return it;
 }
 
 /* ----------------------------------------------------- config and sync */
@@ -375,6 +466,7 @@ static void config_free(struct lf_sender *s)
   free(s->sdk_name);
   free(s->sdk_version);
   free(s->ca_file);
+  free(s->spool_dir);
   for(i = 0; i < ROUTES; i++)
     route_free(&s->routes[i]);
 }
@@ -410,6 +502,12 @@ static int config_copy(struct lf_sender *s,
   s->leftover_ud = cfg->leftover_ud;
   s->log = cfg->log;
   s->log_ud = cfg->log_ud;
+  s->spool_dir = dup_opt(cfg->spool_dir, &bad);
+  if(s->spool_dir && !bad) {
+    s->spool = lf_durable_new(s->spool_dir, &cfg->spool);
+    s->overflow = lf_durable_new(s->spool_dir, &cfg->spool);
+    bad = !s->spool || !s->overflow;
+  }
   return bad ? LF_ENOMEM : LF_OK;
 }
 
@@ -512,9 +610,21 @@ static void reset_for_child(struct lf_sender *s, int whole)
     if(whole)
       free_chain(all);
   }
-  if(whole)
+  if(whole) {
     free_chain(s->inflight);
+    free_chain(s->rp_head);
+  }
   s->inflight = NULL;
+  s->rp_head = NULL;
+  s->rp_claim = NULL;     /* the parent's spool, closed in the child */
+  s->backlog = s->spool != NULL;
+  s->spool_dirty = 0;
+  s->overflow_dirty = 0;
+  s->orphans = 0;
+  s->replay_due = 0;
+  s->replay_wait = 0;
+  s->rescan_due = 0;
+  s->release_due = 0;
   s->inflight_n = 0;
   s->busy_seq = 0;
   /* messages lf_upload left in a batch in flight are abandoned: the
@@ -585,6 +695,67 @@ static void registry_remove(struct lf_sender *s)
   pthread_mutex_unlock(&fork_lock);
 }
 
+/* --------------------------------------------------------------- spool */
+
+/* fsyncs the spool handles that took appends since the last sync (no
+   lock held).  A failure is logged: the records stay in the files, so
+   only a power cut could lose them. */
+static void spool_sync(struct lf_sender *s)
+{
+  char eb[LF_SPOOL_ERRMAX];
+  int dirty;
+  if(!s->spool)
+    return;
+  pthread_mutex_lock(&s->lock);
+  dirty = s->spool_dirty;
+  s->spool_dirty = 0;
+  pthread_mutex_unlock(&s->lock);
+  if((dirty & 1) && lf_durable_sync(s->spool, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+  if((dirty & 2) && lf_durable_sync(s->overflow, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+}
+
+/* Syncs, and gives up the overflow handle's segments when that is due,
+   so that a replay can claim them (no lock held). */
+static void spool_chores(struct lf_sender *s)
+{
+  char eb[LF_SPOOL_ERRMAX];
+  double now = mono_now();
+  int release, give_up;
+  pthread_mutex_lock(&s->lock);
+  release = s->overflow_dirty && now >= s->release_due;
+  if(release) {
+    s->overflow_dirty = 0;
+    s->release_due = now + RELEASE_INTERVAL;
+    s->backlog = 1;
+  }
+  give_up = s->orphans >= SPOOL_ORPHANS_MAX;
+  if(give_up)
+    s->orphans = 0;
+  pthread_mutex_unlock(&s->lock);
+  spool_sync(s);
+  if(release && lf_durable_release(s->overflow, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+  if(give_up && lf_durable_release(s->spool, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+}
+
+/* Sets the time of the next replay attempt after one that delivered
+   nothing (lock held): backoff_base doubling up to backoff_max. */
+static void replay_backoff(struct lf_sender *s, double now)
+{
+  double lo = s->upload.backoff_base, hi = s->upload.backoff_max;
+  if(!(lo > REPLAY_WAIT_MIN))
+    lo = REPLAY_WAIT_MIN;
+  if(!(hi > lo))
+    hi = lo;
+  s->replay_wait = s->replay_wait > 0 ? s->replay_wait * 2 : lo;
+  if(s->replay_wait > hi)
+    s->replay_wait = hi;
+  s->replay_due = now + s->replay_wait;
+}
+
 /* -------------------------------------------------------------- thread */
 
 /* lf_upload's sleep: waits on work so that stop cuts it short.  Returns
@@ -596,6 +767,7 @@ static int sender_sleep(void *ud, double seconds)
   int stop;
   if(seconds > s->waited)
     s->waited = seconds;
+  spool_chores(s);
   pthread_mutex_lock(&s->lock);
   deadline = mono_now() + clamp_wait(seconds);
   while(!s->stop && !wait_until(&s->work, &s->lock, deadline))
@@ -706,6 +878,38 @@ static void count_attempts(struct lf_sender *s, const struct qitem *it,
   s->st.retried += (uint64_t)x->attempts - 1;
 }
 
+/* A malloc'd dead-letter reason for a failure, or NULL. */
+static char *final_reason(int kind, int status, const char *msg)
+{
+  char text[LF_SENDER_MESSAGE_MAX + 64];
+  if(status)
+    snprintf(text, sizeof(text), "%s (%d): %s", lf_kind_name(kind),
+             status, msg);
+  else
+    snprintf(text, sizeof(text), "%s: %s", lf_kind_name(kind), msg);
+  return lf_strndup(text, strlen(text));
+}
+
+/* Books a failed event that is in the spool (lock held): refused for
+   good, it goes to the dead-letter file; otherwise it stays in the spool
+   for a replay. */
+static void settle_spooled(struct lf_sender *s, int route, struct qitem *it,
+                           int kind, const struct lf_item *x,
+                           const char *msg)
+{
+  int final = x->outcome == LF_FAILED && lf_durable_is_final(kind);
+  if(final) {
+    it->fate = FATE_DEAD;
+    it->reason = final_reason(kind, x->status, msg);
+  } else {
+    s->st.spool_kept++;
+    s->orphans++;
+    s->backlog = 1;
+  }
+  add_failure(s, route, kind, x->status, x->attempts, !final && x->retryable,
+              !final, it->id, strlen(it->id), msg);
+}
+
 /* Books one event that leaves: delivered, or failed (lock held). */
 static void settle_one(struct lf_sender *s, int route, struct qitem *it,
                        const struct lf_item *x, struct settled *out)
@@ -717,6 +921,7 @@ static void settle_one(struct lf_sender *s, int route, struct qitem *it,
   if(x->outcome == LF_DELIVERED) {
     s->st.accepted++;
     out->delivered++;
+    it->fate = it->spooled ? FATE_ACK : FATE_NONE;
     it->next = out->dispose;
     out->dispose = it;
     return;
@@ -731,8 +936,14 @@ static void settle_one(struct lf_sender *s, int route, struct qitem *it,
   if(!out->first_error[0])
     copy_text(out->first_error, sizeof(out->first_error), msg,
               strlen(msg));
-  add_failure(s, route, kind, x->status, x->attempts, retryable, it->id,
-              strlen(it->id), msg);
+  if(it->spooled) {
+    settle_spooled(s, route, it, kind, x, msg);
+    it->next = out->dispose;
+    out->dispose = it;
+    return;
+  }
+  add_failure(s, route, kind, x->status, x->attempts, retryable, 0,
+              it->id, strlen(it->id), msg);
   if(retryable && s->on_leftover) {
     it->next = NULL;
     *out->leftover_end = it;
@@ -780,6 +991,10 @@ static void settle(struct lf_sender *s, int route, int result,
   if(back)
     requeue(&s->routes[route].q, back, back_tail, out->requeued);
   s->st.requests += (uint64_t)(rep->requests > 0 ? rep->requests : 0);
+  if(out->delivered && s->backlog) {
+    s->replay_due = 0;                  /* the server answers again */
+    s->replay_wait = 0;
+  }
   if(limited) {
     double pause = s->waited > s->rate_pause ? s->waited : s->rate_pause;
     if(s->upload.retry_after_max > 0 && pause > s->upload.retry_after_max)
@@ -820,6 +1035,38 @@ static void log_batch(const struct lf_sender *s, int route, int result,
                rep->requests);
 }
 
+/* Acks the spooled events of a settled batch that were delivered, and
+   dead-letters (then acks) those refused for good (no lock held).
+   Returns how many were dead-lettered. */
+static uint64_t spool_settle(struct lf_sender *s, int route,
+                             struct qitem *chain)
+{
+  char eb[LF_SPOOL_ERRMAX];
+  struct qitem *it;
+  uint64_t dead = 0;
+  int acked = 0;
+  for(it = chain; it; it = it->next) {
+    if(it->fate == FATE_DEAD) {
+      if(lf_durable_dead_letter(s->spool, route, it->id, it->data,
+                                it->len, it->reason ? it->reason
+                                : "rejected", eb)) {
+        sender_log(s, LF_LOG_ERROR, "langfuse sender: %s", eb);
+        it->fate = FATE_NONE;   /* not dead-lettered: keep it spooled */
+        continue;
+      }
+      dead++;
+    } else if(it->fate != FATE_ACK) {
+      continue;
+    }
+    acked = 1;
+    if(lf_durable_ack(s->spool, it->ref, eb))
+      sender_log(s, LF_LOG_DEBUG, "langfuse sender: %s", eb);
+  }
+  if(acked && lf_durable_sync(s->spool, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+  return dead;
+}
+
 /* Sends one batch of a route (lock held on entry and on return; let go
    while uploading and while calling the hooks). */
 static void send_batch(struct lf_sender *s, int route)
@@ -829,8 +1076,10 @@ static void send_batch(struct lf_sender *s, int route)
   struct settled out;
   struct qitem *it;
   size_t n = take_batch(s, route);
+  uint64_t dead = 0;
   int result;
   pthread_mutex_unlock(&s->lock);
+  spool_sync(s);
   opts.sleep = sender_sleep;
   opts.sleep_ud = s;
   s->waited = 0;
@@ -845,14 +1094,303 @@ static void send_batch(struct lf_sender *s, int route)
   lf_items_clear(s->items, n);
   for(it = out.leftover; it; it = it->next)
     s->on_leftover(s->leftover_ud, route, it->data, it->len, it->id);
+  if(s->spool)
+    dead = spool_settle(s, route, out.dispose);
   free_chain(out.leftover);
   free_chain(out.dispose);
   log_batch(s, route, result, &rep, &out);
   lf_report_free(&rep);
   pthread_mutex_lock(&s->lock);
+  s->st.dead_lettered += dead;
   s->busy_seq = 0;
   if(s->flush_waiters)
     pthread_cond_broadcast(&s->done);
+}
+
+/* ------------------------------------------------------------- replay */
+
+/* Gives up the "spool" handle's segments, so that the records that left
+   memory unacked can be claimed (lock held, let go inside). */
+static void release_orphans(struct lf_sender *s)
+{
+  char eb[LF_SPOOL_ERRMAX];
+  s->orphans = 0;
+  s->release_waits = 0;
+  pthread_mutex_unlock(&s->lock);
+  if(lf_durable_release(s->spool, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+  pthread_mutex_lock(&s->lock);
+}
+
+/*
+** Reads the next chunk to replay (no lock held): up to flush_at records
+** and max_batch_bytes, from the claim in progress and then from new
+** claims.  Records of a route this sender has no URL for stay in the
+** spool, handed out and unacked, so nobody else takes them before this
+** process gives the segment up.  Returns the chain, which the caller
+** owns; *failed is set when the spool could not be read.
+*/
+static struct qitem *replay_fill(struct lf_sender *s, int *failed)
+{
+  struct qitem *head = NULL, **tail = &head;
+  struct lf_spool_record rec;
+  char eb[LF_SPOOL_ERRMAX];
+  size_t n = 0, bytes = 0, skipped = 0;
+  size_t limit = s->upload.max_batch_bytes;
+  *failed = 0;
+  while(n < s->flush_at && (!limit || bytes < limit) && !*failed) {
+    struct qitem *it;
+    memset(&rec, 0, sizeof(rec));
+    if(!s->rp_claim && lf_durable_claim(s->spool, &s->rp_claim, eb))
+      *failed = 1;
+    else if(!s->rp_claim)
+      break;                            /* nothing left to claim */
+    else if(lf_durable_next(s->spool, s->rp_claim, &rec, eb))
+      *failed = 1;
+    if(*failed || !rec.id) {
+      lf_durable_claim_done(s->spool, s->rp_claim);
+      s->rp_claim = NULL;
+      continue;
+    }
+    if(rec.route < 0 || rec.route >= ROUTES || !s->routes[rec.route].url) {
+      skipped++;
+      continue;
+    }
+    it = item_new(rec.data, rec.len, rec.id, rec.id_len);
+    if(!it) {
+      snprintf(eb, sizeof(eb), "out of memory");
+      *failed = 1;
+      continue;
+    }
+    it->ref = rec.ref;
+    it->spooled = 1;
+    it->route = rec.route;
+    *tail = it;
+    tail = &it->next;
+    n++;
+    bytes += rec.len;
+  }
+  if(*failed)
+    sender_log(s, LF_LOG_ERROR, "langfuse sender: replay: %s", eb);
+  if(skipped)
+    sender_log(s, LF_LOG_WARN, "langfuse sender: replay: %zu records of "
+               "a route this client does not send left in the spool",
+               skipped);
+  pthread_mutex_lock(&s->lock);
+  s->st.replayed += n;
+  pthread_mutex_unlock(&s->lock);
+  return head;
+}
+
+/* Points the batch at the chunk's records of route (the thread owns the
+   chunk).  Returns how many. */
+static size_t replay_items(struct lf_sender *s, int route)
+{
+  struct qitem *it;
+  size_t n = 0;
+  for(it = s->rp_head; it && n < s->flush_at; it = it->next) {
+    struct lf_item *x;
+    if(it->route != route)
+      continue;
+    x = &s->items[n];
+    memset(x, 0, sizeof(*x));
+    x->json = it->data;
+    x->len = it->len;
+    x->id = it->id;
+    x->index = ++n;
+    it->fate = FATE_NONE;
+  }
+  return n;
+}
+
+/* Decides each replayed record of route after the upload: ack what was
+   delivered, dead-letter what was refused for good, keep the rest.  Sets
+   *limited when the server rate limited us. */
+static void replay_fates(struct lf_sender *s, int route, size_t n,
+                         int *limited)
+{
+  struct qitem *it;
+  size_t i = 0;
+  *limited = 0;
+  for(it = s->rp_head; it && i < n; it = it->next) {
+    const struct lf_item *x;
+    if(it->route != route)
+      continue;
+    x = &s->items[i++];
+    if(x->outcome == LF_DELIVERED) {
+      it->fate = FATE_ACK;
+    } else if(x->outcome == LF_FAILED && lf_durable_is_final(x->kind)) {
+      it->fate = FATE_DEAD;
+      it->reason = final_reason(x->kind, x->status, x->message ?
+                                x->message : lf_kind_name(x->kind));
+    } else if(x->outcome == LF_FAILED &&
+              x->kind == LF_KIND_RATE_LIMITED) {
+      *limited = 1;
+    }
+  }
+}
+
+/* Takes the settled records out of the chunk and books them (lock held).
+   Returns the chain of those taken out, for the caller to free. */
+static struct qitem *replay_book(struct lf_sender *s, int route, size_t n,
+                                 size_t *delivered, size_t *kept)
+{
+  struct qitem *done = NULL, **pp = &s->rp_head;
+  size_t i = 0;
+  *delivered = 0;
+  *kept = 0;
+  while(*pp) {
+    struct qitem *it = *pp;
+    const struct lf_item *x;
+    if(it->route != route || i >= n) {
+      pp = &it->next;
+      continue;
+    }
+    x = &s->items[i++];
+    if(it->fate == FATE_NONE) {
+      if(!(*kept)++)
+        snprintf(s->st.last_error, sizeof(s->st.last_error), "replay: "
+                 "kept in the spool: %s", x->message ? x->message
+                 : lf_kind_name(x->kind));
+      pp = &it->next;
+      continue;
+    }
+    if(it->fate == FATE_ACK) {
+      s->st.replay_delivered++;
+      (*delivered)++;
+    } else {
+      add_failure(s, route, x->kind, x->status, x->attempts, 0, 0, it->id,
+                  strlen(it->id), it->reason ? it->reason : "rejected");
+    }
+    *pp = it->next;
+    it->next = done;
+    done = it;
+  }
+  return done;
+}
+
+/* Sends the chunk's records of one route with a single attempt (lock held
+   on entry and return; let go while uploading and acking). */
+static void replay_route(struct lf_sender *s, int route)
+{
+  struct lf_upload_opts opts = s->upload;
+  struct lf_report rep;
+  struct qitem *done;
+  size_t n = replay_items(s, route), delivered, kept;
+  uint64_t dead;
+  double now;
+  int result, limited;
+  if(!n)
+    return;
+  pthread_mutex_unlock(&s->lock);
+  opts.max_retries = 0;                 /* replay_backoff paces retries */
+  opts.sleep = sender_sleep;
+  opts.sleep_ud = s;
+  s->waited = 0;
+  lf_report_init(&rep);
+  result = lf_upload(s->h, &s->routes[route].route, s->items, n, &opts,
+                     &rep);
+  replay_fates(s, route, n, &limited);
+  dead = spool_settle(s, route, s->rp_head);
+  pthread_mutex_lock(&s->lock);
+  now = mono_now();
+  done = replay_book(s, route, n, &delivered, &kept);
+  s->st.dead_lettered += dead;
+  s->st.requests += (uint64_t)(rep.requests > 0 ? rep.requests : 0);
+  if(delivered || !kept) {
+    s->replay_wait = 0;
+    s->replay_due = now;
+  } else {
+    replay_backoff(s, now);
+  }
+  if(limited) {
+    double pause = s->waited > s->rate_pause ? s->waited : s->rate_pause;
+    s->paused_until = now + pause;
+  }
+  pthread_mutex_unlock(&s->lock);
+  if(result == LF_ENOMEM)
+    sender_log(s, LF_LOG_ERROR, "langfuse sender: replay: out of memory");
+  else if(delivered)
+    sender_log(s, LF_LOG_DEBUG, "langfuse sender: replayed %zu events on "
+               "%s", delivered, route_names[route]);
+  lf_items_clear(s->items, n);
+  lf_report_free(&rep);
+  free_chain(done);
+  pthread_mutex_lock(&s->lock);
+}
+
+/* One step of replay (lock held on entry and return, let go inside):
+   reads a chunk when none is left, then sends it route by route. */
+static void replay_step(struct lf_sender *s)
+{
+  int failed = 0, r;
+  if(s->orphans && !s->held_events)
+    release_orphans(s);
+  if(!s->rp_head) {
+    struct qitem *chain;
+    pthread_mutex_unlock(&s->lock);
+    chain = replay_fill(s, &failed);
+    pthread_mutex_lock(&s->lock);
+    if(!chain && !failed && s->orphans && s->held_events &&
+       s->release_waits < RELEASE_PATIENCE) {
+      s->release_waits++;              /* only our own records are left: */
+      s->send_seq = s->seq;            /* empty memory first */
+      s->replay_due = mono_now() + RELEASE_PAUSE;
+      return;
+    }
+    if(!chain && !failed && s->orphans) {
+      release_orphans(s);
+      pthread_mutex_unlock(&s->lock);
+      chain = replay_fill(s, &failed);
+      pthread_mutex_lock(&s->lock);
+    }
+    s->rp_head = chain;
+  }
+  if(!s->rp_head) {
+    if(failed)
+      replay_backoff(s, mono_now());
+    else
+      s->backlog = s->orphans > 0 || s->overflow_dirty;
+    return;
+  }
+  for(r = 0; r < ROUTES && !s->stop; r++)
+    replay_route(s, r);
+}
+
+/* Does one piece of the spool's background work that is due (lock held
+   on entry and return, let go inside): sync, give up the overflow
+   handle, replay, look for segments of dead processes.  Returns 1 when
+   it did something, else 0 with *wait lowered to when something is. */
+static int spool_work(struct lf_sender *s, double now, double *wait)
+{
+  double due, replay_at;
+  if(s->spool_dirty || (s->overflow_dirty && now >= s->release_due)) {
+    pthread_mutex_unlock(&s->lock);
+    spool_chores(s);
+    pthread_mutex_lock(&s->lock);
+    return 1;
+  }
+  if(s->rescan_due == 0)
+    s->rescan_due = now + REPLAY_RESCAN;
+  if(!s->backlog && now >= s->rescan_due) {
+    s->backlog = 1;
+    s->rescan_due = now + REPLAY_RESCAN;
+  }
+  replay_at = s->replay_due > s->paused_until ? s->replay_due
+                                              : s->paused_until;
+  if(s->backlog && now >= replay_at) {
+    replay_step(s);
+    return 1;
+  }
+  due = s->rescan_due;
+  if(s->backlog && replay_at < due)
+    due = replay_at;
+  if(s->overflow_dirty && s->release_due < due)
+    due = s->release_due;
+  due -= now;
+  if(*wait < 0 || due < *wait)
+    *wait = due > 0 ? due : 0;
+  return 0;
 }
 
 static void *sender_main(void *arg)
@@ -860,17 +1398,21 @@ static void *sender_main(void *arg)
   struct lf_sender *s = arg;
   pthread_mutex_lock(&s->lock);
   while(!s->stop) {
-    double wait;
-    int route = next_route(s, mono_now(), &wait);
+    double wait, now = mono_now();
+    int route = next_route(s, now, &wait), empty;
     if(route >= 0) {
       send_batch(s, route);
-    } else if(wait < 0) {
-      s->idle = 1;
-      pthread_cond_wait(&s->work, &s->lock);
-      s->idle = 0;
-    } else {
-      (void)wait_until(&s->work, &s->lock, mono_now() + wait);
+      continue;
     }
+    empty = wait < 0;                   /* nothing queued: wake on one */
+    if(s->spool && spool_work(s, now, &wait))
+      continue;
+    s->idle = empty;
+    if(wait < 0)
+      pthread_cond_wait(&s->work, &s->lock);
+    else
+      (void)wait_until(&s->work, &s->lock, now + wait);
+    s->idle = 0;
   }
   pthread_cond_broadcast(&s->done);
   pthread_mutex_unlock(&s->lock);
@@ -910,6 +1452,8 @@ const char *lf_sender_kind_name(int kind)
     return "shutdown";
   case LF_KIND_INTERNAL:
     return "internal";
+  case LF_KIND_SPOOL:
+    return "spool";
   }
   return lf_kind_name(kind);
 }
@@ -929,6 +1473,22 @@ void lf_sender_config_init(struct lf_sender_config *cfg)
   cfg->block_timeout = LF_SENDER_BLOCK_TIMEOUT;
   cfg->max_failures = LF_SENDER_MAX_FAILURES;
   cfg->rate_limit_pause = LF_SENDER_RATE_LIMIT_PAUSE;
+  lf_spool_opts_init(&cfg->spool);
+}
+
+/* Starts the thread of a new sender when its spool holds segments, to
+   replay them; a spool that cannot be read now is left for later. */
+static void replay_at_start(struct lf_sender *s)
+{
+  struct lf_spool_stats st;
+  s->backlog = 1;
+  if(lf_durable_stats(s->spool, &st, 0) || !st.segments)
+    return;
+  pthread_mutex_lock(&s->lock);
+  if(s->state == ST_IDLE && start_thread(s))
+    sender_log(s, LF_LOG_ERROR, "langfuse sender: the thread could not "
+               "start to replay the spool");
+  pthread_mutex_unlock(&s->lock);
 }
 
 /* The caller owns the result; on failure everything made is freed. */
@@ -958,10 +1518,14 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg)
   if(sync_init(s))
     goto fail;
   registry_add(s);
+  if(s->spool)
+    replay_at_start(s);
   return s;
 fail:
   free(s->items);
   free(s->fails);
+  lf_durable_free(s->spool);
+  lf_durable_free(s->overflow);
   config_free(s);
   free(s);
   return NULL;
@@ -991,20 +1555,41 @@ static int wait_room(struct lf_sender *s, size_t len)
   return LF_OK;
 }
 
-/* Queues it (lock held), or returns why not; the caller frees it then. */
-static int admit(struct lf_sender *s, int route, struct qitem *it)
+/*
+** Takes room in memory for one event of len bytes (lock held), waiting
+** under the block policy, and starts the thread if need be.  LF_OK with
+** *room 1: the room is reserved (held counts it); LF_OK with *room 0:
+** there is none, and the policy keeps the event in the spool alone;
+** otherwise why the event cannot be taken.
+*/
+static int reserve(struct lf_sender *s, size_t len, int *room)
 {
-  struct queue *q = &s->routes[route].q;
-  int result;
+  int result = LF_ETOOBIG;
+  *room = 0;
   if(s->state >= ST_CLOSING)
     return LF_EABORT;
-  if(it->len > s->max_bytes)
-    return LF_ETOOBIG;
-  result = wait_room(s, it->len);
+  if(len <= s->max_bytes)
+    result = wait_room(s, len);
+  if(result == LF_ETOOBIG && s->policy == LF_FULL_SPOOL && s->spool)
+    result = LF_OK;
+  else if(!result)
+    *room = 1;
   if(!result && s->state == ST_IDLE)
     result = start_thread(s);
   if(result)
     return result;
+  if(*room) {
+    s->held_events++;
+    s->held_bytes += len;
+  }
+  return LF_OK;
+}
+
+/* Queues an event whose room is reserved (lock held); the sender owns
+   it from here on. */
+static void commit(struct lf_sender *s, int route, struct qitem *it)
+{
+  struct queue *q = &s->routes[route].q;
   it->seq = ++s->seq;
   if(q->last)
     q->last->next = it;
@@ -1012,38 +1597,106 @@ static int admit(struct lf_sender *s, int route, struct qitem *it)
     q->head = it;
   q->last = it;
   q->count++;
-  s->held_events++;
-  s->held_bytes += it->len;
   s->st.enqueued++;
   if(s->idle || q->count == s->flush_at) {
+    s->idle = 0;
+    pthread_cond_signal(&s->work);
+  }
+}
+
+/* Queues it (lock held), or returns why not; the caller frees it then. */
+static int admit(struct lf_sender *s, int route, struct qitem *it)
+{
+  int room, result = reserve(s, it->len, &room);
+  if(!result && !room)
+    result = LF_ETOOBIG;                /* no spool to keep it in */
+  if(!result)
+    commit(s, route, it);
+  return result;
+}
+
+/*
+** Books an event after its append (lock held): queued in the room
+** reserved for it, or kept in the spool alone.  why is the spool's
+** reason when the append failed, else NULL.  Returns LF_OK (*queued
+** says whether the sender took it) or, when the event is lost, why.
+*/
+static int place(struct lf_sender *s, int route, struct qitem *it,
+                 int room, const char *why, int *queued)
+{
+  char text[LF_SENDER_MESSAGE_MAX + LF_SPOOL_ERRMAX];
+  size_t idlen = strlen(it->id);
+  *queued = 0;
+  if(why)
+    s->st.spool_errors++;
+  else
+    s->st.spooled++;
+  if(room && s->state >= ST_CLOSING) {
+    s->held_events--;                   /* a shutdown began meanwhile */
+    s->held_bytes -= it->len;
+    if(why) {
+      drop_locked(s, route, LF_EABORT, it->id, idlen);
+      return LF_EABORT;
+    }
+    s->st.spool_only++;
+    s->orphans++;
+    return LF_OK;
+  }
+  if(room) {
+    it->spooled = !why;
+    if(why) {
+      snprintf(text, sizeof(text), "not in the spool, kept in memory "
+               "only: %s", why);
+      add_failure(s, route, LF_KIND_SPOOL, 0, 0, 1, 0, it->id, idlen,
+                  text);
+    } else {
+      s->spool_dirty |= 1;
+    }
+    commit(s, route, it);
+    *queued = 1;
+    return LF_OK;
+  }
+  if(why) {
+    s->st.dropped++;
+    snprintf(text, sizeof(text), "queue full (%zu events, %zu bytes "
+             "held) and the spool failed: %s", s->held_events,
+             s->held_bytes, why);
+    add_failure(s, route, LF_KIND_QUEUE_FULL, 0, 0, 1, 0, it->id, idlen,
+                text);
+    return LF_ETOOBIG;
+  }
+  s->st.spool_only++;
+  s->spool_dirty |= 2;
+  s->overflow_dirty = 1;
+  if(s->idle) {
     s->idle = 0;
     pthread_cond_signal(&s->work);
   }
   return LF_OK;
 }
 
-/* A new queue item holding copies of json and id, or NULL when out of
-   memory or too big to count; the caller owns it (free()). */
-static struct qitem *item_new(const char *json, size_t len,
-                              const char *id, size_t idlen)
+/* enqueue with a spool: reserves room, appends to the handle that fits
+   (no lock held), then queues the event or keeps it in the spool alone.
+   Takes it over: frees it unless it is queued. */
+static int enqueue_spooled(struct lf_sender *s, int route, struct qitem *it)
 {
-  struct qitem *it;
-  if(len > (size_t)-1 / 4 || idlen > (size_t)-1 / 4)
-    return NULL;
-  it = malloc(sizeof(*it) + len + idlen + 2);
-  if(!it)
-    return NULL;
-  it->next = NULL;
-  it->seq = 0;
-  it->len = len;
-  if(len)
-    memcpy(it->data, json, len);
-  it->data[len] = '\0';
-  if(idlen)
-    memcpy(it->data + len + 1, id, idlen);
-  it->data[len + 1 + idlen] = '\0';
-  it->id = it->data + len + 1;
-  return it;
+  char eb[LF_SPOOL_ERRMAX];
+  int room = 0, queued = 0, appended = 0, result;
+  pthread_mutex_lock(&s->lock);
+  result = reserve(s, it->len, &room);
+  pthread_mutex_unlock(&s->lock);
+  if(!result)
+    appended = !lf_durable_append(room ? s->spool : s->overflow, route,
+                                  it->id, it->data, it->len, &it->ref, eb);
+  pthread_mutex_lock(&s->lock);
+  if(result)
+    drop_locked(s, route, result, it->id, strlen(it->id));
+  else
+    result = place(s, route, it, room, appended ? NULL : eb, &queued);
+  pthread_mutex_unlock(&s->lock);
+  if(!queued)
+    free(it);
+  return result;
 }
 
 /* The copy is made before the lock is taken; on any refusal it is freed
@@ -1060,6 +1713,10 @@ int lf_sender_enqueue(struct lf_sender *s, int route,
   if(route >= 0 && route < ROUTES && s->routes[route].url) {
     it = item_new(json, len, id, idlen);
     result = it ? LF_OK : LF_ENOMEM;
+  }
+  if(it && s->spool) {
+    it->route = route;
+    return enqueue_spooled(s, route, it);
   }
   pthread_mutex_lock(&s->lock);
   if(it)
@@ -1135,8 +1792,10 @@ static size_t leftovers(struct lf_sender *s)
       s->st.undelivered++;
       s->held_events--;
       s->held_bytes -= it->len;
-      if(!s->on_leftover)
-        add_failure(s, i, LF_KIND_SHUTDOWN, 0, 0, 1, it->id,
+      if(it->spooled)
+        s->st.spool_kept++;
+      if(it->spooled || !s->on_leftover)
+        add_failure(s, i, LF_KIND_SHUTDOWN, 0, 0, 1, it->spooled, it->id,
                     strlen(it->id), "not delivered before shutdown");
     }
   }
@@ -1144,12 +1803,33 @@ static size_t leftovers(struct lf_sender *s)
     return 0;
   pthread_mutex_unlock(&s->lock);
   for(i = 0; i < ROUTES; i++) {
-    for(it = chains[i]; s->on_leftover && it; it = it->next)
-      s->on_leftover(s->leftover_ud, i, it->data, it->len, it->id);
+    for(it = chains[i]; s->on_leftover && it; it = it->next) {
+      if(!it->spooled)
+        s->on_leftover(s->leftover_ud, i, it->data, it->len, it->id);
+    }
     free_chain(chains[i]);
   }
   pthread_mutex_lock(&s->lock);
   return n;
+}
+
+/* Closes the spool after the thread stopped (no lock held): the replay
+   chunk is dropped (its records stay unacked) and both handles give up
+   their segments, so that another process may replay them. */
+static void spool_close(struct lf_sender *s)
+{
+  struct qitem *chain;
+  if(!s->spool)
+    return;
+  pthread_mutex_lock(&s->lock);
+  chain = s->rp_head;
+  s->rp_head = NULL;
+  pthread_mutex_unlock(&s->lock);
+  free_chain(chain);
+  lf_durable_claim_done(s->spool, s->rp_claim);
+  s->rp_claim = NULL;
+  lf_durable_close(s->spool);
+  lf_durable_close(s->overflow);
 }
 
 int lf_sender_shutdown(struct lf_sender *s, double timeout)
@@ -1177,6 +1857,9 @@ int lf_sender_shutdown(struct lf_sender *s, double timeout)
   }
   s->state = ST_CLOSING;
   left = leftovers(s);
+  pthread_mutex_unlock(&s->lock);
+  spool_close(s);
+  pthread_mutex_lock(&s->lock);
   s->state = ST_CLOSED;
   pthread_cond_broadcast(&s->done);
   pthread_cond_broadcast(&s->room);
@@ -1199,6 +1882,8 @@ void lf_sender_free(struct lf_sender *s)
   lf_items_clear(s->items, s->flush_at);
   free(s->items);
   free(s->fails);
+  lf_durable_free(s->spool);
+  lf_durable_free(s->overflow);
   config_free(s);
   sync_destroy(s);
   free(s);
@@ -1221,6 +1906,7 @@ size_t lf_sender_drain_failures(struct lf_sender *s,
 
 void lf_sender_stats(struct lf_sender *s, struct lf_sender_stats *st)
 {
+  struct lf_spool_stats a, b;
   double left;
   check_fork(s, 1);
   pthread_mutex_lock(&s->lock);
@@ -1228,5 +1914,52 @@ void lf_sender_stats(struct lf_sender *s, struct lf_sender_stats *st)
   st->queued = s->held_events;
   left = s->paused_until - mono_now();
   st->paused = left > 0 ? left : 0;
+  st->backlog = s->backlog || s->rp_head;
   pthread_mutex_unlock(&s->lock);
+  if(!s->spool)
+    return;
+  st->has_spool = 1;
+  if(!lf_durable_stats(s->spool, &a, 0)) {
+    st->spool_bytes = a.bytes_pending;
+    st->spool_segments = a.segments;
+    st->spool_corrupt = a.corrupt;
+    st->spool_dropped = a.dropped;
+  }
+  if(!lf_durable_stats(s->overflow, &b, 0))
+    st->spool_dropped += b.dropped;
+}
+
+/* Asks s to replay now (fork_lock held, s is this process's). */
+static void kick(struct lf_sender *s)
+{
+  pthread_mutex_lock(&s->lock);
+  if(s->state < ST_CLOSING) {
+    s->backlog = 1;
+    s->replay_due = 0;
+    s->replay_wait = 0;
+    if(s->state == ST_IDLE)
+      (void)start_thread(s);
+    else
+      pthread_cond_signal(&s->work);
+  }
+  pthread_mutex_unlock(&s->lock);
+}
+
+void lf_sender_kick_dir(const char *dir)
+{
+  struct lf_sender *s;
+  unsigned long gen;
+  int pid;
+  if(!dir)
+    return;
+  pthread_mutex_lock(&fork_lock);
+  gen = __atomic_load_n(&fork_gen, __ATOMIC_ACQUIRE);
+  pid = (int)getpid();
+  for(s = registry; s; s = s->next) {
+    if(s->spool_dir && !strcmp(s->spool_dir, dir) &&
+       __atomic_load_n(&s->gen, __ATOMIC_RELAXED) == gen &&
+       __atomic_load_n(&s->pid, __ATOMIC_RELAXED) == pid)
+      kick(s);
+  }
+  pthread_mutex_unlock(&fork_lock);
 }

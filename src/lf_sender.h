@@ -32,6 +32,29 @@
 ** Delivery is at least once: an event whose request timed out may have
 ** been stored by the server and is sent again.  Event ids make the
 ** repeats harmless.
+**
+** Spool.  With cfg->spool_dir the sender keeps a durable spool
+** (lf_spool.h, through lf_durable.h) as a write-ahead log.  Enqueue
+** appends the event to the spool on the caller's thread (one write;
+** under fsync "always" also an fsync) before it returns, and the event
+** is acked in the spool only once the server took it, or once a final
+** rejection is in the dead-letter file with its reason.  An event that
+** cannot be delivered now (the server unreachable, retries used up, a
+** failure that needs a change of configuration, shutdown before it went
+** out, or no room in memory under LF_FULL_SPOOL) leaves memory and stays
+** in the spool.  The thread replays the spool, one chunk of records at a
+** time, when a client starts on a spool that holds segments, when the
+** server answers again after failures, after lf_sender_kick, and every
+** REPLAY_RESCAN seconds (segments of processes that died), sending each
+** record with its own id and route.  Under fsync "batch" the thread
+** fsyncs before each request and before it waits, so a kill loses
+** nothing that enqueue took, and a power cut at most what came in since
+** the last sync.  Several processes may share one spool directory: each
+** replays only segments nobody else holds (lf_spool.h).
+**
+** Memory with a spool is the queue's bound plus one replay chunk
+** (flush_at records, within max_batch_bytes) plus the spool's per-record
+** offsets of the segments it holds (8 bytes a record).
 */
 #ifndef LF_SENDER_H
 #define LF_SENDER_H
@@ -41,6 +64,7 @@
 
 #include "lf_buf.h"
 #include "lf_http.h"
+#include "lf_spool.h"
 #include "lf_upload.h"
 
 /* Events per request and the queue length that wakes the thread: the
@@ -74,8 +98,10 @@
 /* What to do with an event when the queue is full. */
 enum lf_full_policy {
   LF_FULL_DROP_NEWEST = 0,  /* refuse it at once */
-  LF_FULL_BLOCK             /* wait up to block_timeout, then refuse it;
+  LF_FULL_BLOCK,            /* wait up to block_timeout, then refuse it;
                                never use it on an event-loop thread */
+  LF_FULL_SPOOL             /* keep it in the spool only, to be replayed;
+                               without a spool it acts as drop newest */
 };
 
 /* Failure kinds the sender adds after enum lf_kind's. */
@@ -83,6 +109,9 @@ enum lf_sender_kind {
   LF_KIND_QUEUE_FULL = LF_KIND_COUNT, /* refused by enqueue: no room */
   LF_KIND_SHUTDOWN,        /* refused or left over: the sender stopped */
   LF_KIND_INTERNAL,        /* out of memory, or no thread could start */
+  LF_KIND_SPOOL,           /* the spool could not take the event (disk
+                              full, read-only, spool full): it is only
+                              in memory */
   LF_SENDER_KIND_END
 };
 
@@ -127,6 +156,10 @@ struct lf_sender_config {
      not touch a Lua state.  NULL: no logging. */
   lf_log_fn log;
   void *log_ud;
+  /* The durable spool: a directory (copied), NULL for none, and its
+     options (the log hook there is ignored). */
+  const char *spool_dir;
+  struct lf_spool_opts spool;
 };
 
 /* One event that left without being delivered. */
@@ -136,13 +169,17 @@ struct lf_failure {
   int status;             /* HTTP status that decided it, or 0 */
   int attempts;           /* requests that carried it */
   int retryable;          /* 1 when a later try could pass */
+  int spooled;            /* 1 when the event stays in the spool, to be
+                             replayed */
   char id[LF_SENDER_ID_MAX];           /* event id, maybe cut short */
   char message[LF_SENDER_MESSAGE_MAX]; /* why, maybe cut short */
 };
 
 /* Counters since the sender was made (or since fork, in a child).
    Every enqueued event ends up counted once in accepted, failed,
-   undelivered or queued; dropped counts the ones enqueue refused. */
+   undelivered or queued; dropped counts the ones enqueue refused, and
+   spool_only the ones it kept in the spool alone.  With a spool, failed
+   and undelivered include spool_kept, the events left in the spool. */
 struct lf_sender_stats {
   size_t queued;          /* held now: waiting or in a request */
   uint64_t enqueued;      /* accepted by lf_sender_enqueue */
@@ -158,6 +195,20 @@ struct lf_sender_stats {
   uint64_t failures_lost; /* failures that did not fit in the list */
   double paused;          /* seconds left in a rate-limit pause */
   char last_error[LF_SENDER_MESSAGE_MAX]; /* "" when none */
+  /* The spool, all 0 without one. */
+  int has_spool;          /* 1 when the sender has a spool */
+  uint64_t spooled;       /* appended by enqueue */
+  uint64_t spool_only;    /* kept in the spool alone: no room in memory */
+  uint64_t spool_errors;  /* appends the spool refused or failed */
+  uint64_t spool_kept;    /* failed or left over, kept in the spool */
+  uint64_t replayed;      /* records read back from the spool */
+  uint64_t replay_delivered; /* of those, delivered */
+  uint64_t dead_lettered; /* refused for good, in the dead-letter file */
+  uint64_t spool_bytes;   /* segment and ack bytes in the directory */
+  uint64_t spool_segments; /* segment files in the directory */
+  uint64_t spool_corrupt; /* damaged regions found by this process */
+  uint64_t spool_dropped; /* records deleted by drop_oldest */
+  int backlog;            /* 1 while a replay is wanted */
 };
 
 /* The name of a kind, for enum lf_kind and enum lf_sender_kind alike
@@ -173,7 +224,8 @@ void lf_sender_config_init(struct lf_sender_config *cfg);
 ** NULL when out of memory or when cfg has no route or a zero limit.
 ** Every string and header list in cfg is copied: cfg may be freed after
 ** the call.  No thread starts and no connection opens until the first
-** enqueue.
+** enqueue, except with a spool that already holds segments: then the
+** thread starts at once, to replay them.
 */
 struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg);
 
@@ -183,7 +235,11 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg);
 ** that the sender owns from then on; the caller keeps its own bytes.
 ** The fast path takes a mutex, and wakes the thread only when the queue
 ** reaches flush_at or the thread sleeps idle.
-** Returns LF_OK when queued.  Any other result means the event was
+** With a spool the event is appended to it first (see Spool above); a
+** failed append is listed as a failure of kind LF_KIND_SPOOL and the
+** event is queued all the same.
+** Returns LF_OK when queued, or kept in the spool (LF_FULL_SPOOL, or a
+** shutdown that began meanwhile).  Any other result means the event was
 ** dropped, counted in dropped and listed as a failure:
 **   LF_ETOOBIG  the queue is full (after block_timeout under
 **               LF_FULL_BLOCK), or the event alone exceeds
@@ -217,8 +273,10 @@ int lf_sender_flush(struct lf_sender *s, double timeout);
 ** server makes lf_upload split that batch, on 413 or a whole-batch 400,
 ** without a wait between requests).  Events still held are counted in
 ** undelivered and handed to on_leftover (with none, they are listed as
-** failures of kind LF_KIND_SHUTDOWN).  Returns LF_OK when everything
-** was delivered or failed, LF_EABORT when events were left over.
+** failures of kind LF_KIND_SHUTDOWN); with a spool, those in it stay
+** there instead (listed with spooled set), and the spool is closed, so
+** another process may replay them.  Returns LF_OK when everything was
+** delivered or failed, LF_EABORT when events were left over.
 ** Calling it again does nothing and returns LF_OK.
 */
 int lf_sender_shutdown(struct lf_sender *s, double timeout);
@@ -231,12 +289,18 @@ int lf_sender_shutdown(struct lf_sender *s, double timeout);
 */
 void lf_sender_free(struct lf_sender *s);
 
+/* Asks the thread of every sender of this process whose spool is dir
+   to replay now (starting it if need be): for a synchronous upload that
+   left events in that spool. */
+void lf_sender_kick_dir(const char *dir);
+
 /* Copies up to max failures, oldest first, into out and removes them
    from the list.  Returns how many were copied. */
 size_t lf_sender_drain_failures(struct lf_sender *s,
                                 struct lf_failure *out, size_t max);
 
-/* Fills st with the counters now. */
+/* Fills st with the counters now; with a spool, also reads the spool's
+   own counters (the spool is opened if need be). */
 void lf_sender_stats(struct lf_sender *s, struct lf_sender_stats *st);
 
 #endif

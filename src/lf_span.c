@@ -32,6 +32,7 @@
 /* Digits of a nanosecond fraction. */
 #define NANO_DIGITS 9
 
+/* Appends a string literal, its length known at compile time. */
 #define PUT(o, lit) put((o), (lit), sizeof(lit) - 1)
 
 static const char *const field_names[LF_F_COUNT] = {
@@ -44,6 +45,9 @@ static const char *const field_names[LF_F_COUNT] = {
 };
 
 static const char *const type_names[] = { "span", "generation", "event" };
+static const char *const type_json[] = {
+  "\"span\"", "\"generation\"", "\"event\""
+};
 
 /* An output buffer with a sticky result: after the first failure every
    write is skipped, so a writer checks once at the end. */
@@ -55,7 +59,7 @@ struct out {
 
 /* Appends n bytes.  The fast path copies into room already reserved
    and leaves the NUL to done(); the slow one grows the buffer. */
-static void put(struct out *o, const char *s, size_t n)
+static inline void put(struct out *o, const char *s, size_t n)
 {
   struct lf_buf *b = o->b;
   if(b->len + n < b->cap) {
@@ -85,13 +89,13 @@ static int done(struct out *o, size_t start)
   return o->result;
 }
 
-static void puts_(struct out *o, const char *s)
+static inline void put_cstr(struct out *o, const char *s)
 {
   put(o, s, strlen(s));
 }
 
 /* A comma before every list member but the first. */
-static void sep(struct out *o)
+static inline void sep(struct out *o)
 {
   if(o->items++)
     PUT(o, ",");
@@ -100,7 +104,8 @@ static void sep(struct out *o)
 /* Appends s (n bytes) as the inside of a JSON string: quotes and
    backslashes escaped, control bytes as \u00XX (the encoder's text has
    none, but a caller's might).  Room for the worst case is reserved
-   first, so the loop writes without checks. */
+   first, so the loop writes without checks.  (JSON text has a quote
+   every few bytes, so a byte loop beats testing eight at a time.) */
 static void put_escaped(struct out *o, const char *s, size_t n)
 {
   static const char hex[] = "0123456789abcdef";
@@ -113,16 +118,16 @@ static void put_escaped(struct out *o, const char *s, size_t n)
     return;
   w = o->b->data + o->b->len;
   while(p < end) {
-    unsigned char c = *p++;
-    if(c >= 0x20 && c != '"' && c != '\\') {
-      *w++ = (char)c;
-    } else if(c >= 0x20) {
+    unsigned x = *p++;
+    if(x >= 0x20 && x != '"' && x != '\\') {
+      *w++ = (char)x;
+    } else if(x >= 0x20) {
       *w++ = '\\';
-      *w++ = (char)c;
+      *w++ = (char)x;
     } else {
       memcpy(w, "\\u00", 4);
-      w[4] = hex[c >> 4];
-      w[5] = hex[c & 15];
+      w[4] = hex[x >> 4];
+      w[5] = hex[x & 15];
       w += 6;
     }
   }
@@ -188,6 +193,12 @@ static const char *skip_string(const char *p, const char *end)
   }
 }
 
+/* The bytes skip_value stops at inside an object or array: 1 opens,
+   2 closes, 3 starts a string. */
+static const unsigned char structural[256] = {
+  ['{'] = 1, ['['] = 1, ['}'] = 2, [']'] = 2, ['"'] = 3
+};
+
 /* The end of the JSON value starting at p, or NULL when it is cut. */
 static const char *skip_value(const char *p, const char *end)
 {
@@ -202,19 +213,19 @@ static const char *skip_value(const char *p, const char *end)
     return p;
   }
   while(p < end) {
-    if(*p == '"') {
+    unsigned char c = structural[(unsigned char)*p];
+    if(!c) {
+      p++;
+    } else if(c == 3) {
       p = skip_string(p, end);
       if(!p)
         return NULL;
-      continue;
+    } else {
+      depth += c == 1 ? 1 : -1;
+      p++;
+      if(!depth)
+        return p;
     }
-    if(*p == '{' || *p == '[')
-      depth++;
-    else if(*p == '}' || *p == ']')
-      depth--;
-    p++;
-    if(!depth)
-      return p;
   }
   return NULL;
 }
@@ -244,7 +255,10 @@ static int read_member(const char **pp, const char *end, const char **k,
 
 int lf_fields_read(struct lf_fields *f, const char *json, size_t len)
 {
-  const char *p = json, *end = json + len;
+  const char *p = json, *end;
+  if(!len)
+    return LF_OK;
+  end = json + len;
   while(p < end) {
     if(*p++ != '{')
       return LF_EINVAL;
@@ -403,71 +417,127 @@ static int time_ns(const struct lf_fields *f, int field, double dflt,
 
 /* ------------------------------------------------------- OTLP writing */
 
-/* Opens a KeyValue: {"key":"<key>","value":{  (key is plain ASCII). */
-static void kv_open(struct out *o, const char *key)
+/* How a field's fragment becomes an AnyValue. */
+enum form {
+  F_STRING,               /* a JSON string: a stringValue as it is */
+  F_ANY,                  /* a string as it is, anything else as JSON text */
+  F_INT,                  /* an integer: an intValue */
+  F_BOOL                  /* true or false: a boolValue */
+};
+
+/* One attribute of a field: the KeyValue's text up to its value (a
+   literal, so its length is known at compile time) and the form. */
+struct attr {
+  int field;
+  int form;
+  const char *head;
+  size_t len;
+};
+
+/* The text of a KeyValue up to its AnyValue, for key k. */
+#define HEAD(k) "{\"key\":\"" k "\",\"value\":{"
+#define ATTR(field, form, k) { field, form, HEAD(k), sizeof(HEAD(k)) - 1 }
+
+/* An observation's own attributes, but metadata and version. */
+static const struct attr obs_attrs[] = {
+  ATTR(LF_F_INPUT, F_ANY, "langfuse.observation.input"),
+  ATTR(LF_F_OUTPUT, F_ANY, "langfuse.observation.output"),
+  ATTR(LF_F_LEVEL, F_STRING, "langfuse.observation.level"),
+  ATTR(LF_F_STATUS_MESSAGE, F_STRING,
+       "langfuse.observation.status_message"),
+  ATTR(LF_F_COMPLETION_START_TIME, F_STRING,
+       "langfuse.observation.completion_start_time"),
+  ATTR(LF_F_MODEL, F_STRING, "langfuse.observation.model.name"),
+  ATTR(LF_F_MODEL_PARAMETERS, F_ANY,
+       "langfuse.observation.model.parameters"),
+  ATTR(LF_F_USAGE_DETAILS, F_ANY, "langfuse.observation.usage_details"),
+  ATTR(LF_F_COST_DETAILS, F_ANY, "langfuse.observation.cost_details"),
+  ATTR(LF_F_PROMPT_NAME, F_STRING, "langfuse.observation.prompt.name"),
+  ATTR(LF_F_PROMPT_VERSION, F_INT, "langfuse.observation.prompt.version")
+};
+
+/* A trace's span: its input and output. */
+static const struct attr root_attrs[] = {
+  ATTR(LF_F_INPUT, F_ANY, "langfuse.observation.input"),
+  ATTR(LF_F_OUTPUT, F_ANY, "langfuse.observation.output")
+};
+
+static const struct attr version_attr =
+  ATTR(LF_F_VERSION, F_STRING, "langfuse.version");
+static const struct attr release_attr =
+  ATTR(LF_F_RELEASE, F_STRING, "langfuse.release");
+static const struct attr env_attr =
+  ATTR(LF_F_ENVIRONMENT, F_STRING, "langfuse.environment");
+static const struct attr type_attr =
+  ATTR(-1, F_STRING, "langfuse.observation.type");
+
+/* The trace-wide attributes with one fragment each. */
+static const struct attr trace_attrs[] = {
+  ATTR(LF_F_NAME, F_STRING, "langfuse.trace.name"),
+  ATTR(LF_F_USER_ID, F_STRING, "user.id"),
+  ATTR(LF_F_SESSION_ID, F_STRING, "session.id"),
+  ATTR(LF_F_PUBLIC, F_BOOL, "langfuse.trace.public")
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The AnyValue of fragment v (n bytes) in form, and the KeyValue's end. */
+static void put_value(struct out *o, int form, const char *v, size_t n)
+{
+  if(form == F_INT) {
+    PUT(o, "\"intValue\":\"");
+    put(o, v, n);
+    PUT(o, "\"}}");
+  } else if(form == F_BOOL) {
+    PUT(o, "\"boolValue\":");
+    put(o, v, n);
+    PUT(o, "}}");
+  } else if(form == F_STRING || v[0] == '"') {
+    PUT(o, "\"stringValue\":");
+    put(o, v, n);
+    PUT(o, "}}");
+  } else {
+    PUT(o, "\"stringValue\":\"");
+    put_escaped(o, v, n);
+    PUT(o, "\"}}");
+  }
+}
+
+/* The KeyValue of a with the fragment v. */
+static void kv_put(struct out *o, const struct attr *a, const char *v,
+                   size_t n)
 {
   sep(o);
-  PUT(o, "{\"key\":\"");
-  puts_(o, key);
-  PUT(o, "\",\"value\":{");
+  put(o, a->head, a->len);
+  put_value(o, a->form, v, n);
 }
 
-/* A KeyValue whose value is the fragment v as it is, under vkey
-   ("stringValue" for a JSON string, "boolValue" for true/false). */
-static void kv_raw(struct out *o, const char *key, const char *vkey,
-                   const char *v, size_t n)
+/* The KeyValues of the fields of f that attrs lists and f has. */
+static void kv_fields(struct out *o, const struct lf_fields *f,
+                      const struct attr *attrs, size_t count)
 {
-  kv_open(o, key);
-  PUT(o, "\"");
-  puts_(o, vkey);
-  PUT(o, "\":");
-  put(o, v, n);
-  PUT(o, "}}");
-}
-
-/* A KeyValue holding the JSON text v as a string. */
-static void kv_json(struct out *o, const char *key, const char *v, size_t n)
-{
-  kv_open(o, key);
-  PUT(o, "\"stringValue\":\"");
-  put_escaped(o, v, n);
-  PUT(o, "\"}}");
-}
-
-/* A string stays a string; anything else goes as its JSON text. */
-static void kv_value(struct out *o, const char *key, const char *v,
-                     size_t n)
-{
-  if(v[0] == '"')
-    kv_raw(o, key, "stringValue", v, n);
-  else
-    kv_json(o, key, v, n);
-}
-
-/* Field i of f under key, as kv_value, when it is set. */
-static void kv_field(struct out *o, const struct lf_fields *f, int i,
-                     const char *key)
-{
-  if(has(f, i))
-    kv_value(o, key, f->v[i], f->n[i]);
-}
-
-/* Field i, a JSON string, under key. */
-static void kv_string(struct out *o, const struct lf_fields *f, int i,
-                      const char *key)
-{
-  if(has(f, i))
-    kv_raw(o, key, "stringValue", f->v[i], f->n[i]);
+  size_t i;
+  for(i = 0; i < count; i++) {
+    int field = attrs[i].field;
+    if(has(f, field))
+      kv_put(o, &attrs[i], f->v[field], f->n[field]);
+  }
 }
 
 /* Metadata: an object becomes one KeyValue per top-level key, named
-   prefix + "." + key; anything else one KeyValue named prefix. */
+   prefix + key (prefix ends with a dot; plain ASCII); anything else
+   one KeyValue named prefix without its dot, holding JSON text. */
 static void kv_metadata(struct out *o, const char *v, size_t n,
                         const char *prefix)
 {
   const char *p = v + 1, *end = v + n - 1;
+  size_t plen = strlen(prefix);
   if(v[0] != '{') {
-    kv_json(o, prefix, v, n);
+    sep(o);
+    PUT(o, "{\"key\":\"");
+    put(o, prefix, plen - 1);
+    PUT(o, "\",\"value\":{");
+    put_value(o, F_ANY, v, n);
     return;
   }
   while(p < end) {
@@ -477,18 +547,10 @@ static void kv_metadata(struct out *o, const char *v, size_t n,
       break;
     sep(o);
     PUT(o, "{\"key\":\"");
-    puts_(o, prefix);
-    PUT(o, ".");
+    put(o, prefix, plen);
     put(o, k, kn);
-    if(x[0] == '"') {
-      PUT(o, "\",\"value\":{\"stringValue\":");
-      put(o, x, xn);
-      PUT(o, "}}");
-    } else {
-      PUT(o, "\",\"value\":{\"stringValue\":\"");
-      put_escaped(o, x, xn);
-      PUT(o, "\"}}");
-    }
+    PUT(o, "\",\"value\":{");
+    put_value(o, F_ANY, x, xn);
     if(p < end && *p == ',')
       p++;
   }
@@ -499,8 +561,8 @@ static void kv_tags(struct out *o, const char *v, size_t n)
 {
   const char *p = v + 1, *end = v + n - 1;
   int first = 1;
-  kv_open(o, "langfuse.trace.tags");
-  PUT(o, "\"arrayValue\":{\"values\":[");
+  sep(o);
+  PUT(o, HEAD("langfuse.trace.tags") "\"arrayValue\":{\"values\":[");
   while(p < end && *p == '"') {
     const char *q = skip_string(p, end);
     if(!q)
@@ -516,60 +578,30 @@ static void kv_tags(struct out *o, const char *v, size_t n)
   PUT(o, "]}}}");
 }
 
+/* Field i of f under a, or else dflt (a JSON string or NULL). */
+static void kv_or(struct out *o, const struct lf_fields *f, int i,
+                  const struct attr *a, const char *dflt)
+{
+  if(has(f, i))
+    kv_put(o, a, f->v[i], f->n[i]);
+  else if(dflt)
+    kv_put(o, a, dflt, strlen(dflt));
+}
+
 int lf_span_trace_ctx(struct lf_buf *b, const struct lf_fields *f,
                       const char *env, const char *release)
 {
   struct out o = { b, LF_OK, 0 };
   size_t start = b->len;
-  kv_string(&o, f, LF_F_NAME, "langfuse.trace.name");
-  kv_string(&o, f, LF_F_USER_ID, "user.id");
-  kv_string(&o, f, LF_F_SESSION_ID, "session.id");
+  kv_fields(&o, f, trace_attrs, COUNT(trace_attrs));
   if(has(f, LF_F_TAGS))
     kv_tags(&o, f->v[LF_F_TAGS], f->n[LF_F_TAGS]);
   if(has(f, LF_F_METADATA))
     kv_metadata(&o, f->v[LF_F_METADATA], f->n[LF_F_METADATA],
-                "langfuse.trace.metadata");
-  if(has(f, LF_F_RELEASE))
-    kv_string(&o, f, LF_F_RELEASE, "langfuse.release");
-  else if(release)
-    kv_raw(&o, "langfuse.release", "stringValue", release,
-           strlen(release));
-  if(has(f, LF_F_ENVIRONMENT))
-    kv_string(&o, f, LF_F_ENVIRONMENT, "langfuse.environment");
-  else if(env)
-    kv_raw(&o, "langfuse.environment", "stringValue", env, strlen(env));
-  if(has(f, LF_F_PUBLIC))
-    kv_raw(&o, "langfuse.trace.public", "boolValue", f->v[LF_F_PUBLIC],
-           f->n[LF_F_PUBLIC]);
+                "langfuse.trace.metadata.");
+  kv_or(&o, f, LF_F_RELEASE, &release_attr, release);
+  kv_or(&o, f, LF_F_ENVIRONMENT, &env_attr, env);
   return done(&o, start);
-}
-
-/* The attributes of an observation's own fields. */
-static void obs_attributes(struct out *o, const struct lf_span *s)
-{
-  const struct lf_fields *f = s->f;
-  kv_field(o, f, LF_F_INPUT, "langfuse.observation.input");
-  kv_field(o, f, LF_F_OUTPUT, "langfuse.observation.output");
-  if(has(f, LF_F_METADATA))
-    kv_metadata(o, f->v[LF_F_METADATA], f->n[LF_F_METADATA],
-                "langfuse.observation.metadata");
-  kv_string(o, f, LF_F_LEVEL, "langfuse.observation.level");
-  kv_string(o, f, LF_F_STATUS_MESSAGE,
-            "langfuse.observation.status_message");
-  kv_string(o, f, LF_F_COMPLETION_START_TIME,
-            "langfuse.observation.completion_start_time");
-  kv_string(o, f, LF_F_MODEL, "langfuse.observation.model.name");
-  kv_field(o, f, LF_F_MODEL_PARAMETERS,
-           "langfuse.observation.model.parameters");
-  kv_field(o, f, LF_F_USAGE_DETAILS, "langfuse.observation.usage_details");
-  kv_field(o, f, LF_F_COST_DETAILS, "langfuse.observation.cost_details");
-  kv_string(o, f, LF_F_PROMPT_NAME, "langfuse.observation.prompt.name");
-  if(has(f, LF_F_PROMPT_VERSION)) {
-    kv_open(o, "langfuse.observation.prompt.version");
-    PUT(o, "\"intValue\":\"");
-    put(o, f->v[LF_F_PROMPT_VERSION], f->n[LF_F_PROMPT_VERSION]);
-    PUT(o, "\"}}");
-  }
 }
 
 /* "status":{"code":2,...} for a span at level ERROR. */
@@ -628,7 +660,7 @@ int lf_span_otlp(struct lf_buf *b, const struct lf_span *s, int *why)
     put(&o, f->v[LF_F_NAME], f->n[LF_F_NAME]);
   } else {
     PUT(&o, "\"");
-    puts_(&o, s->root ? "trace" : type_names[s->type]);
+    put_cstr(&o, s->root ? "trace" : type_names[s->type]);
     PUT(&o, "\"");
   }
   PUT(&o, ",\"kind\":1,\"startTimeUnixNano\":\"");
@@ -636,21 +668,19 @@ int lf_span_otlp(struct lf_buf *b, const struct lf_span *s, int *why)
   PUT(&o, "\",\"endTimeUnixNano\":\"");
   put_u64(&o, (uint64_t)t1);
   PUT(&o, "\",\"attributes\":[");
-  kv_open(&o, "langfuse.observation.type");
-  PUT(&o, "\"stringValue\":\"");
-  puts_(&o, type_names[s->type]);
-  PUT(&o, "\"}}");
+  kv_put(&o, &type_attr, type_json[s->type], strlen(type_json[s->type]));
   if(s->root) {
-    kv_field(&o, f, LF_F_INPUT, "langfuse.observation.input");
-    kv_field(&o, f, LF_F_OUTPUT, "langfuse.observation.output");
-    kv_string(&o, f, LF_F_VERSION, "langfuse.version");
+    kv_fields(&o, f, root_attrs, COUNT(root_attrs));
+    kv_or(&o, f, LF_F_VERSION, &version_attr, NULL);
   } else {
-    obs_attributes(&o, s);
+    kv_fields(&o, f, obs_attrs, COUNT(obs_attrs));
+    if(has(f, LF_F_METADATA))
+      kv_metadata(&o, f->v[LF_F_METADATA], f->n[LF_F_METADATA],
+                  "langfuse.observation.metadata.");
     if(has(f, LF_F_VERSION))
-      kv_string(&o, f, LF_F_VERSION, "langfuse.version");
+      kv_put(&o, &version_attr, f->v[LF_F_VERSION], f->n[LF_F_VERSION]);
     else if(s->version)
-      kv_raw(&o, "langfuse.version", "stringValue", s->version,
-             s->version_len);
+      kv_put(&o, &version_attr, s->version, s->version_len);
   }
   if(s->ctx_len) {
     PUT(&o, ",");
@@ -675,7 +705,7 @@ static void put_members(struct out *o, const struct lf_fields *f)
       continue;
     sep(o);
     PUT(o, "\"");
-    puts_(o, field_names[i]);
+    put_cstr(o, field_names[i]);
     PUT(o, "\":");
     put(o, f->v[i], f->n[i]);
   }
@@ -688,7 +718,7 @@ static int put_time(struct out *o, const char *name,
   char iso[LF_TIME_LEN + 1];
   sep(o);
   PUT(o, "\"");
-  puts_(o, name);
+  put_cstr(o, name);
   PUT(o, "\":");
   if(f->v[field]) {
     put(o, f->v[field], f->n[field]);
@@ -707,11 +737,11 @@ static void put_envelope(struct out *o, const char *event_id,
                          const char *type, const char *ts)
 {
   PUT(o, "{\"id\":\"");
-  puts_(o, event_id);
+  put_cstr(o, event_id);
   PUT(o, "\",\"type\":\"");
-  puts_(o, type);
+  put_cstr(o, type);
   PUT(o, "\",\"timestamp\":\"");
-  puts_(o, ts);
+  put_cstr(o, ts);
   PUT(o, "\",\"body\":{");
 }
 
@@ -774,11 +804,11 @@ int lf_span_trace_event(struct lf_buf *b, const struct lf_span *s,
   put_members(&o, s->f);
   if(!s->f->v[LF_F_ENVIRONMENT] && env) {
     PUT(&o, ",\"environment\":");
-    puts_(&o, env);
+    put_cstr(&o, env);
   }
   if(!s->f->v[LF_F_RELEASE] && release) {
     PUT(&o, ",\"release\":");
-    puts_(&o, release);
+    put_cstr(&o, release);
   }
   PUT(&o, "}}");
   return done(&o, start);
@@ -787,7 +817,10 @@ int lf_span_trace_event(struct lf_buf *b, const struct lf_span *s,
 /* A resource or scope attribute with a plain-text value. */
 static void kv_text(struct out *o, const char *key, const char *value)
 {
-  kv_open(o, key);
+  sep(o);
+  PUT(o, "{\"key\":\"");
+  put_cstr(o, key);
+  PUT(o, "\",\"value\":{");
   PUT(o, "\"stringValue\":");
   put_text(o, value);
   PUT(o, "}}");

@@ -56,6 +56,7 @@
 
 #include "lf_compat.h"
 #include "lf_core.h"
+#include "lf_durable.h"
 #include "lf_encode.h"
 #include "lf_json.h"
 #include "lf_sender.h"
@@ -64,6 +65,7 @@
 #include "lf_time.h"
 #include "lf_uuid.h"
 
+/* Registry name of the tracer's metatable. */
 #define TRACER_MT "langfuse.core.tracer"
 
 /* Routes, relative to base_url. */
@@ -116,6 +118,7 @@ static const char *const schema_types[B_COUNT] = {
   "event-create", "score-create", "score-create"
 };
 
+/* Sets of builders, as bits: where an option is allowed. */
 #define W(b) (1u << (b))
 #define W_TRACE (W(B_TRACE) | W(B_TRACE_UPDATE) | W(B_TRACE_FINISH))
 #define W_OBS (W(B_SPAN) | W(B_SPAN_UPDATE) | W(B_GENERATION) | \
@@ -622,6 +625,10 @@ static void push_failure(lua_State *L, const struct lf_failure *f)
   lua_setfield(L, -2, "attempts");
   lua_pushboolean(L, f->retryable);
   lua_setfield(L, -2, "retryable");
+  if(f->spooled) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "spooled");
+  }
   lua_pushstring(L, f->id);
   lua_setfield(L, -2, "id");
   lua_pushstring(L, f->message);
@@ -1133,6 +1140,24 @@ static void set_count(lua_State *L, const char *k, double v)
   lua_setfield(L, -2, k);
 }
 
+/* Adds the spool's counters to the stats table on top. */
+static void push_spool_stats(lua_State *L, const struct lf_sender_stats *st)
+{
+  set_count(L, "spooled", (double)st->spooled);
+  set_count(L, "spool_only", (double)st->spool_only);
+  set_count(L, "spool_errors", (double)st->spool_errors);
+  set_count(L, "spool_kept", (double)st->spool_kept);
+  set_count(L, "replayed", (double)st->replayed);
+  set_count(L, "replay_delivered", (double)st->replay_delivered);
+  set_count(L, "dead_lettered", (double)st->dead_lettered);
+  set_count(L, "spool_bytes", (double)st->spool_bytes);
+  set_count(L, "spool_segments", (double)st->spool_segments);
+  set_count(L, "spool_corrupt", (double)st->spool_corrupt);
+  set_count(L, "spool_dropped", (double)st->spool_dropped);
+  lua_pushboolean(L, st->backlog);
+  lua_setfield(L, -2, "spool_backlog");
+}
+
 /* tracer:stats() -> table [, failures] */
 static int t_stats(lua_State *L)
 {
@@ -1156,6 +1181,8 @@ static int t_stats(lua_State *L)
   lua_pushnumber(L, st.paused);
   lua_setfield(L, -2, "paused");
   set_count(L, "sampled_out", (double)t->sampled_out);
+  if(st.has_spool)
+    push_spool_stats(L, &st);
   if(st.last_error[0]) {
     lua_pushstring(L, st.last_error);
     lua_setfield(L, -2, "last_error");
@@ -1316,6 +1343,9 @@ static void read_sender_config(lua_State *L, struct lf_tracer *t,
                                            (double)sc->max_queue_bytes);
   sc->full_policy = policy && !strcmp(policy, "block") ? LF_FULL_BLOCK
                                                        : LF_FULL_DROP_NEWEST;
+  if(policy && !strcmp(policy, "spool"))
+    sc->full_policy = LF_FULL_SPOOL;
+  sc->spool_dir = lf_durable_lua_config(L, 1, &sc->spool);
   sc->block_timeout = cfg_number(L, "queue_block_timeout",
                                  sc->block_timeout);
 }

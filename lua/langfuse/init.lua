@@ -28,8 +28,14 @@
 -- (LANGFUSE_TRACING_ENABLED), flush_at 512 (LANGFUSE_FLUSH_AT),
 -- flush_interval 1 s (LANGFUSE_FLUSH_INTERVAL), gzip true,
 -- queue_max_events 10000, queue_max_bytes 64 MiB, queue_full_policy
--- "drop_newest" (or "block"), queue_block_timeout 0.5 s, on_error
--- (function(err)), service_name (OTEL_SERVICE_NAME).
+-- "drop_newest" (or "block", or "spool": the default with a spool),
+-- queue_block_timeout 0.5 s, on_error (function(err)), service_name
+-- (OTEL_SERVICE_NAME).
+--
+-- Durable spool (see README, "Durable spool"): spool_dir
+-- (LANGFUSE_SPOOL_DIR; none by default), spool_fsync "batch" (or
+-- "always", "never"), spool_max_bytes 1 GiB, spool_full_policy "refuse"
+-- (or "drop_oldest"), spool_segment_bytes 8 MiB.
 --
 -- Caller mistakes (an argument of the wrong type) raise; configuration
 -- problems return nil and an error of kind "config"; failures at run time
@@ -86,16 +92,23 @@ local OPTIONS = {
   gzip = { "boolean", nil, true },
   queue_max_events = { "count", nil, 10000 },
   queue_max_bytes = { "count", nil, 64 * 1024 * 1024 },
-  queue_full_policy = { "string", nil, "drop_newest" },
+  queue_full_policy = { "string" },
   queue_block_timeout = { "number", nil, 0.5 },
   on_error = { "function" },
   service_name = { "string", { "OTEL_SERVICE_NAME" } },
+  spool_dir = { "string", { "LANGFUSE_SPOOL_DIR" } },
+  spool_fsync = { "string", nil, "batch" },
+  spool_max_bytes = { "count", nil, 1024 * 1024 * 1024 },
+  spool_full_policy = { "string", nil, "refuse" },
+  spool_segment_bytes = { "count", nil, 8 * 1024 * 1024 },
 }
 
 -- Values of the options that take one of a few words.
 local CHOICES = {
   protocol = { otlp = true, ingestion = true },
-  queue_full_policy = { drop_newest = true, block = true },
+  queue_full_policy = { drop_newest = true, block = true, spool = true },
+  spool_fsync = { batch = true, always = true, never = true },
+  spool_full_policy = { refuse = true, drop_oldest = true },
 }
 
 -- Seconds flush and shutdown wait by default, and what closing a client
@@ -264,6 +277,41 @@ local function check_tracing(cfg)
 end
 
 
+-- Defaults that depend on other options: with a spool, a full queue
+-- keeps events in the spool.
+local function fill_defaults(cfg)
+  if cfg.spool_dir == "" then
+    cfg.spool_dir = nil
+  end
+  if cfg.queue_full_policy == nil then
+    cfg.queue_full_policy = cfg.spool_dir and "spool" or "drop_newest"
+  end
+end
+
+
+-- Checks the spool options by opening the spool once (it creates the
+-- directory when its parent exists, and deletes nothing).
+local function check_spool(cfg)
+  local dir = cfg.spool_dir
+  if not dir then
+    if cfg.queue_full_policy == "spool" then
+      return "queue_full_policy \"spool\" needs spool_dir"
+    end
+    return nil
+  end
+  local sp, why = core.spool_open(dir, {
+    fsync = cfg.spool_fsync, max_bytes = cfg.spool_max_bytes,
+    full = cfg.spool_full_policy,
+    segment_bytes = cfg.spool_segment_bytes,
+  })
+  if not sp then
+    return "spool_dir: " .. tostring(why)
+  end
+  sp:close()
+  return nil
+end
+
+
 local Client = {}
 Client.__index = Client
 
@@ -297,22 +345,35 @@ end
 -- Validates, encodes and uploads events on the caller's thread.
 -- Returns { accepted, requests, attempts } when every event was
 -- delivered, or nil and an error object that names each one that was
--- not.
+-- not.  With spool_dir, the events that could not be delivered now stay
+-- in the spool (their failure entries say spooled = true, err.spooled
+-- counts them) and the client's sender replays them; spool_error says
+-- why the spool could not take some events, if it could not.
 function Client:upload_events_batch(events)
   if type(events) ~= "table" then
     error('bad "events" argument: expected an array of events', 2)
   end
   local rep = self.core:upload(events)
   local total = rep.total
+  if rep.spool_error then
+    self:log("warn", fmt("spool: %d events not in the spool: %s",
+                         rep.spool_failed, rep.spool_error))
+  end
   if #rep.failed == 0 then
     if self.debug then
       self:log("debug", fmt("delivered %d events in %d requests",
                             rep.accepted, rep.requests))
     end
     return { accepted = rep.accepted, requests = rep.requests,
-             attempts = rep.attempts }
+             attempts = rep.attempts, spool_error = rep.spool_error }
   end
   local err = errors.from_report(rep, events, total)
+  if rep.spooled and rep.spooled > 0 then
+    err.spooled = rep.spooled
+    err.message = fmt("%s; %d kept in the spool for replay", err.message,
+                      rep.spooled)
+  end
+  err.spool_error = rep.spool_error
   self:log("warn", tostring(err))
   return nil, err
 end
@@ -412,7 +473,8 @@ function _M.new(opts)
   if not cfg then
     return config_error(why)
   end
-  why = check_config(cfg) or check_tracing(cfg)
+  fill_defaults(cfg)
+  why = check_config(cfg) or check_tracing(cfg) or check_spool(cfg)
   if why then
     return config_error(why)
   end
