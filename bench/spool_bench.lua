@@ -38,7 +38,9 @@ local COST_EVENTS = tonumber(os.getenv("BENCH_SPOOL_COST_EVENTS")) or
                     100000
 -- Seconds to wait for the server, and for a delivery to complete.
 local SERVER_WAIT = 30
-local DELIVERY_WAIT = tonumber(os.getenv("BENCH_SPOOL_WAIT")) or 900
+local DELIVERY_WAIT = tonumber(os.getenv("BENCH_SPOOL_WAIT")) or 300
+-- Seconds without progress after which a delivery is given up.
+local STALL_WAIT = 30
 
 
 local function log(...)
@@ -90,15 +92,21 @@ end
 
 
 -- Polls until the server holds want distinct spans; returns the seconds
--- it took from t0, or nil on timeout.
+-- it took from t0, or nil on timeout or when nothing moves for a while.
 local function wait_delivered(want, t0)
   local deadline = clock() + DELIVERY_WAIT
-  while clock() < deadline do
-    if server_spans() >= want then
+  local last, moved = -1, clock()
+  while clock() < deadline and clock() - moved < STALL_WAIT do
+    local have = server_spans()
+    if have >= want then
       return clock() - t0
+    end
+    if have ~= last then
+      last, moved = have, clock()
     end
     socket.sleep(0.05)
   end
+  log("delivery stopped at %d of %d spans", last, want)
   return nil
 end
 
@@ -175,8 +183,11 @@ local function main()
 
   -- 3. the same events, sent the normal way
   call("POST", "/_test/reset")
+  -- the "block" policy keeps every event: the caller waits for room
   local plain = new_client{ queue_max_events = 100000,
-                            queue_max_bytes = 256 * 1024 * 1024 }
+                            queue_max_bytes = 256 * 1024 * 1024,
+                            queue_full_policy = "block",
+                            queue_block_timeout = 60 }
   t0 = clock()
   record(plain, EVENTS)
   local send_s = wait_delivered(n, t0)

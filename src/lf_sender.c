@@ -37,7 +37,10 @@
 ** what memory still holds).  The replay chunk (rp_head) and the claim
 ** it reads belong to the thread; the chunk's links change under the
 ** lock so that a child can free an inherited chunk.  Spool calls are
-** never made with the lock held.
+** never made with the lock held.  Appends are fsynced before each
+** request and before the thread waits; acks alone at most every
+** ACK_SYNC_INTERVAL, since a lost ack only sends an event again; dead
+** letters before the ack that follows them.
 **
 ** Caveats.  lf_upload checks for a stop only when it is about to wait,
 ** so a stop waits for the requests of the round in progress: one request
@@ -92,6 +95,14 @@
    "spool" handle up anyway, which risks duplicates. */
 #define RELEASE_PATIENCE 20
 #define RELEASE_PAUSE 0.05
+/* Seconds between fsyncs of acks alone (appends are synced per batch):
+   an ack lost to a power cut only sends an event again. */
+#define ACK_SYNC_INTERVAL 1.0
+
+/* Bits of spool_dirty. */
+#define SYNC_SPOOL 1            /* appends to "spool" */
+#define SYNC_OVERFLOW 2         /* appends to "overflow" */
+#define SYNC_ACKS 4             /* acks in "spool" */
 
 enum state {
   ST_IDLE = 0,            /* no thread in this process */
@@ -196,7 +207,8 @@ struct lf_sender {
   size_t fail_n;
   struct lf_sender_stats st;
   int backlog;            /* the spool may hold records to replay */
-  int spool_dirty;        /* appends to "spool" not yet synced */
+  int spool_dirty;        /* SYNC_* bits: what is not yet synced */
+  double ack_sync_due;    /* acks are synced no sooner than this */
   int overflow_dirty;     /* appends to "overflow" not yet given up */
   uint64_t orphans;       /* records of "spool" no longer in memory */
   double replay_due;      /* monotonic time of the next replay step */
@@ -703,16 +715,22 @@ static void registry_remove(struct lf_sender *s)
 static void spool_sync(struct lf_sender *s)
 {
   char eb[LF_SPOOL_ERRMAX];
+  double now = mono_now();
   int dirty;
   if(!s->spool)
     return;
   pthread_mutex_lock(&s->lock);
   dirty = s->spool_dirty;
-  s->spool_dirty = 0;
+  if((dirty & SYNC_ACKS) && !(dirty & SYNC_SPOOL) &&
+     now < s->ack_sync_due)
+    dirty &= ~SYNC_ACKS;                /* not yet */
+  if(dirty & (SYNC_SPOOL | SYNC_ACKS))
+    s->ack_sync_due = now + ACK_SYNC_INTERVAL;
+  s->spool_dirty &= ~dirty;
   pthread_mutex_unlock(&s->lock);
-  if((dirty & 1) && lf_durable_sync(s->spool, eb))
+  if((dirty & (SYNC_SPOOL | SYNC_ACKS)) && lf_durable_sync(s->spool, eb))
     sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
-  if((dirty & 2) && lf_durable_sync(s->overflow, eb))
+  if((dirty & SYNC_OVERFLOW) && lf_durable_sync(s->overflow, eb))
     sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
 }
 
@@ -1035,35 +1053,41 @@ static void log_batch(const struct lf_sender *s, int route, int result,
                rep->requests);
 }
 
-/* Acks the spooled events of a settled batch that were delivered, and
-   dead-letters (then acks) those refused for good (no lock held).
-   Returns how many were dead-lettered. */
+/*
+** Dead-letters the spooled events of a settled batch that were refused
+** for good, fsyncs the dead letters, then acks those and the delivered
+** ones (no lock held).  The acks are not fsynced here: a lost ack only
+** sends an event again, so spool_sync does it at most every
+** ACK_SYNC_INTERVAL.  Returns how many were dead-lettered; *acked says
+** whether anything was acked.
+*/
 static uint64_t spool_settle(struct lf_sender *s, int route,
-                             struct qitem *chain)
+                             struct qitem *chain, int *acked)
 {
   char eb[LF_SPOOL_ERRMAX];
   struct qitem *it;
   uint64_t dead = 0;
-  int acked = 0;
+  *acked = 0;
   for(it = chain; it; it = it->next) {
-    if(it->fate == FATE_DEAD) {
-      if(lf_durable_dead_letter(s->spool, route, it->id, it->data,
-                                it->len, it->reason ? it->reason
-                                : "rejected", eb)) {
-        sender_log(s, LF_LOG_ERROR, "langfuse sender: %s", eb);
-        it->fate = FATE_NONE;   /* not dead-lettered: keep it spooled */
-        continue;
-      }
-      dead++;
-    } else if(it->fate != FATE_ACK) {
+    if(it->fate != FATE_DEAD)
       continue;
+    if(lf_durable_dead_letter(s->spool, route, it->id, it->data, it->len,
+                              it->reason ? it->reason : "rejected", eb)) {
+      sender_log(s, LF_LOG_ERROR, "langfuse sender: %s", eb);
+      it->fate = FATE_NONE;     /* not dead-lettered: keep it spooled */
+    } else {
+      dead++;
     }
-    acked = 1;
+  }
+  if(dead && lf_durable_sync(s->spool, eb))
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
+  for(it = chain; it; it = it->next) {
+    if(it->fate == FATE_NONE)
+      continue;
+    *acked = 1;
     if(lf_durable_ack(s->spool, it->ref, eb))
       sender_log(s, LF_LOG_DEBUG, "langfuse sender: %s", eb);
   }
-  if(acked && lf_durable_sync(s->spool, eb))
-    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
   return dead;
 }
 
@@ -1077,7 +1101,7 @@ static void send_batch(struct lf_sender *s, int route)
   struct qitem *it;
   size_t n = take_batch(s, route);
   uint64_t dead = 0;
-  int result;
+  int result, acked = 0;
   pthread_mutex_unlock(&s->lock);
   spool_sync(s);
   opts.sleep = sender_sleep;
@@ -1095,13 +1119,15 @@ static void send_batch(struct lf_sender *s, int route)
   for(it = out.leftover; it; it = it->next)
     s->on_leftover(s->leftover_ud, route, it->data, it->len, it->id);
   if(s->spool)
-    dead = spool_settle(s, route, out.dispose);
+    dead = spool_settle(s, route, out.dispose, &acked);
   free_chain(out.leftover);
   free_chain(out.dispose);
   log_batch(s, route, result, &rep, &out);
   lf_report_free(&rep);
   pthread_mutex_lock(&s->lock);
   s->st.dead_lettered += dead;
+  if(acked)
+    s->spool_dirty |= SYNC_ACKS;
   s->busy_seq = 0;
   if(s->flush_waiters)
     pthread_cond_broadcast(&s->done);
@@ -1221,6 +1247,7 @@ static void replay_fates(struct lf_sender *s, int route, size_t n,
       it->fate = FATE_ACK;
     } else if(x->outcome == LF_FAILED && lf_durable_is_final(x->kind)) {
       it->fate = FATE_DEAD;
+      free(it->reason);
       it->reason = final_reason(x->kind, x->status, x->message ?
                                 x->message : lf_kind_name(x->kind));
     } else if(x->outcome == LF_FAILED &&
@@ -1279,7 +1306,7 @@ static void replay_route(struct lf_sender *s, int route)
   size_t n = replay_items(s, route), delivered, kept;
   uint64_t dead;
   double now;
-  int result, limited;
+  int result, limited, acked;
   if(!n)
     return;
   pthread_mutex_unlock(&s->lock);
@@ -1291,8 +1318,10 @@ static void replay_route(struct lf_sender *s, int route)
   result = lf_upload(s->h, &s->routes[route].route, s->items, n, &opts,
                      &rep);
   replay_fates(s, route, n, &limited);
-  dead = spool_settle(s, route, s->rp_head);
+  dead = spool_settle(s, route, s->rp_head, &acked);
   pthread_mutex_lock(&s->lock);
+  if(acked)
+    s->spool_dirty |= SYNC_ACKS;
   now = mono_now();
   done = replay_book(s, route, n, &delivered, &kept);
   s->st.dead_lettered += dead;
@@ -1364,7 +1393,9 @@ static void replay_step(struct lf_sender *s)
 static int spool_work(struct lf_sender *s, double now, double *wait)
 {
   double due, replay_at;
-  if(s->spool_dirty || (s->overflow_dirty && now >= s->release_due)) {
+  int sync = (s->spool_dirty & ~SYNC_ACKS) ||
+             (s->spool_dirty && now >= s->ack_sync_due);
+  if(sync || (s->overflow_dirty && now >= s->release_due)) {
     pthread_mutex_unlock(&s->lock);
     spool_chores(s);
     pthread_mutex_lock(&s->lock);
@@ -1387,6 +1418,8 @@ static int spool_work(struct lf_sender *s, double now, double *wait)
     due = replay_at;
   if(s->overflow_dirty && s->release_due < due)
     due = s->release_due;
+  if(s->spool_dirty && s->ack_sync_due < due)
+    due = s->ack_sync_due;
   due -= now;
   if(*wait < 0 || due < *wait)
     *wait = due > 0 ? due : 0;
@@ -1650,7 +1683,7 @@ static int place(struct lf_sender *s, int route, struct qitem *it,
       add_failure(s, route, LF_KIND_SPOOL, 0, 0, 1, 0, it->id, idlen,
                   text);
     } else {
-      s->spool_dirty |= 1;
+      s->spool_dirty |= SYNC_SPOOL;
     }
     commit(s, route, it);
     *queued = 1;
@@ -1666,7 +1699,7 @@ static int place(struct lf_sender *s, int route, struct qitem *it,
     return LF_ETOOBIG;
   }
   s->st.spool_only++;
-  s->spool_dirty |= 2;
+  s->spool_dirty |= SYNC_OVERFLOW;
   s->overflow_dirty = 1;
   if(s->idle) {
     s->idle = 0;
