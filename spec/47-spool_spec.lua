@@ -345,6 +345,49 @@ describe("langfuse durable spool", function()
   end)
 
 
+  describe("a damaged record", function()
+    it("is skipped, quarantined and reported; the others go", function()
+      local events = h.traces(3)
+      local sp = assert(core.spool_open(dir))
+      for _, e in ipairs(events) do
+        assert(sp:append("ingestion", e.id, cjson.encode(e)))
+      end
+      sp:close()
+      -- flip a byte inside the second event's JSON
+      local name
+      for f in io.popen("ls '" .. dir .. "'"):lines() do
+        if f:match("^seg%-") and not f:match("%.ack$") then
+          name = dir .. "/" .. f
+        end
+      end
+      local f = assert(io.open(name, "r+b"))
+      local data = f:read("a")
+      local at = assert(data:find(events[2].body.name, 1, true))
+      f:seek("set", at - 1)
+      f:write("X")
+      f:close()
+      local fails = {}
+      local c = client(dir, { on_error = keep(fails) })
+      assert.is_true(wait_for(function()
+        local counts = h.delivered_counts(events)
+        return counts[1] == 1 and counts[3] == 1
+      end))
+      assert.is_true(wait_for(function()
+        c:stats()                       -- reports what the thread found
+        return #fails > 0
+      end))
+      assert.equal("spool", fails[1].kind)
+      assert.matches("checksum", fails[1].message)
+      assert.same({ 1, 0, 1 }, h.delivered_counts(events))
+      assert.equal(1, c:stats().spool_corrupt)
+      local listing = io.popen("ls '" .. dir .. "/quarantine'")
+      local kept_bytes = listing:read("a")
+      listing:close()
+      assert.matches("%.bad", kept_bytes)
+    end)
+  end)
+
+
   describe("upload_events_batch()", function()
     it("spools the events first and acks them once delivered", function()
       local events = h.traces(5)

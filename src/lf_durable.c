@@ -39,6 +39,8 @@ struct lf_durable {
   int closed;                 /* lf_durable_close was called */
   double retry_at;            /* no open attempt before this */
   char open_err[LF_SPOOL_ERRMAX]; /* why the last open failed */
+  unsigned warnings;          /* warnings of the spool not yet taken */
+  char warning[LF_SPOOL_ERRMAX];  /* the first of them */
 };
 
 static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
@@ -95,6 +97,17 @@ static void fork_setup(void)
 
 /* ------------------------------------------------------------- handles */
 
+/* The spool's log hook: it runs inside a spool call, so under d->lock;
+   keeps the warnings for lf_durable_warnings. */
+static void durable_log(void *ud, int level, const char *msg)
+{
+  struct lf_durable *d = ud;
+  if(level > LF_SPOOL_LOG_WARN)
+    return;
+  if(!d->warnings++)
+    snprintf(d->warning, sizeof(d->warning), "%s", msg);
+}
+
 /* The caller owns the result (lf_durable_free). */
 struct lf_durable *lf_durable_new(const char *dir,
                                   const struct lf_spool_opts *opts)
@@ -116,8 +129,8 @@ struct lf_durable *lf_durable_new(const char *dir,
     d->opts = *opts;
   else
     lf_spool_opts_init(&d->opts);
-  d->opts.log = NULL;           /* the hook would run under our lock */
-  d->opts.log_ud = NULL;
+  d->opts.log = durable_log;
+  d->opts.log_ud = d;
   pthread_mutex_lock(&reg_lock);
   d->next = registry;
   if(registry)
@@ -318,6 +331,18 @@ int lf_durable_stats(struct lf_durable *d, struct lf_spool_stats *st,
     result = lf_spool_stats(sp, st, count_records);
   pthread_mutex_unlock(&d->lock);
   return result;
+}
+
+unsigned lf_durable_warnings(struct lf_durable *d, char *buf)
+{
+  unsigned n;
+  pthread_mutex_lock(&d->lock);
+  n = d->warnings;
+  if(n)
+    snprintf(buf, LF_SPOOL_ERRMAX, "%s", d->warning);
+  d->warnings = 0;
+  pthread_mutex_unlock(&d->lock);
+  return n;
 }
 
 int lf_durable_is_final(int kind)

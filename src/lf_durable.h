@@ -20,6 +20,8 @@
 ** When the spool cannot be opened (the directory went away, or turned
 ** read-only) each call fails with LF_EIO and the reason; the open is
 ** tried again at most once per DURABLE_RETRY seconds (lf_durable.c).
+** The spool's log lines are kept, not printed: lf_durable_warnings hands
+** them to the owner.
 */
 #ifndef LF_DURABLE_H
 #define LF_DURABLE_H
@@ -74,6 +76,11 @@ int lf_durable_next(struct lf_durable *d, struct lf_spool_claim *c,
                     struct lf_spool_record *rec,
                     char *errbuf) LF_WARN_UNUSED;
 void lf_durable_claim_done(struct lf_durable *d, struct lf_spool_claim *c);
+
+/* Takes the warnings the spool logged since the last call (damaged
+   records skipped and quarantined, files it could not move): returns how
+   many, and copies the first into buf (LF_SPOOL_ERRMAX bytes). */
+unsigned lf_durable_warnings(struct lf_durable *d, char *buf);
 
 /* Fills st from the spool (opened if need be); LF_EIO when it cannot be
    opened, and then st is zeroed. */

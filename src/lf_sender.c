@@ -1163,6 +1163,7 @@ static struct qitem *replay_fill(struct lf_sender *s, int *failed)
   char eb[LF_SPOOL_ERRMAX];
   size_t n = 0, bytes = 0, skipped = 0;
   size_t limit = s->upload.max_batch_bytes;
+  unsigned warned;
   *failed = 0;
   while(n < s->flush_at && (!limit || bytes < limit) && !*failed) {
     struct qitem *it;
@@ -1202,8 +1203,14 @@ static struct qitem *replay_fill(struct lf_sender *s, int *failed)
     sender_log(s, LF_LOG_WARN, "langfuse sender: replay: %zu records of "
                "a route this client does not send left in the spool",
                skipped);
+  warned = lf_durable_warnings(s->spool, eb);
+  if(warned)
+    sender_log(s, LF_LOG_WARN, "langfuse sender: %s", eb);
   pthread_mutex_lock(&s->lock);
   s->st.replayed += n;
+  if(warned)
+    add_failure(s, LF_ROUTE_INGESTION, LF_KIND_SPOOL, 0, 0, 0, 0, "", 0,
+                eb);
   pthread_mutex_unlock(&s->lock);
   return head;
 }

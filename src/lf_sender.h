@@ -111,7 +111,8 @@ enum lf_sender_kind {
   LF_KIND_INTERNAL,        /* out of memory, or no thread could start */
   LF_KIND_SPOOL,           /* the spool could not take the event (disk
                               full, read-only, spool full): it is only
-                              in memory */
+                              in memory; or, with an empty id, a damaged
+                              record the replay skipped */
   LF_SENDER_KIND_END
 };
 
