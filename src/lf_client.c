@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "lf_compat.h"
+#include "lf_cfg.h"
 #include "lf_core.h"
 #include "lf_durable.h"
 #include "lf_encode.h"
@@ -54,36 +55,6 @@ struct lf_work {
 /* {================================================================
 ** Reading the configuration table
 ** ================================================================= */
-
-/* Returns cfg[name] as a string (the table is at index 1), or NULL. */
-static const char *cfg_string(lua_State *L, const char *name)
-{
-  const char *s;
-  lua_getfield(L, 1, name);                     /* value */
-  s = lua_isstring(L, -1) ? lua_tostring(L, -1) : NULL;
-  lua_pop(L, 1);                                /* the table keeps it */
-  return s;
-}
-
-static double cfg_number(lua_State *L, const char *name, double dflt)
-{
-  double v = dflt;
-  lua_getfield(L, 1, name);                     /* value */
-  if(lua_isnumber(L, -1))
-    v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-static int cfg_bool(lua_State *L, const char *name, int dflt)
-{
-  int v = dflt;
-  lua_getfield(L, 1, name);                     /* value */
-  if(lua_isboolean(L, -1))
-    v = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
 
 /* A malloc'd "base" + "path" with the base's trailing slashes removed;
    the caller frees it.  NULL when out of memory. */
@@ -138,41 +109,18 @@ static int new_client(lua_State *L)
   struct lf_http_config hc;
   const char *base;
   luaL_checktype(L, 1, LUA_TTABLE);
-  memset(&hc, 0, sizeof(hc));
-  hc.public_key = cfg_string(L, "public_key");
-  hc.secret_key = cfg_string(L, "secret_key");
-  base = cfg_string(L, "base_url");
-  if(!hc.public_key || !hc.secret_key || !base)
-    return luaL_error(L, "new_client: public_key, secret_key and "
-                      "base_url are required");
-  hc.timeout = cfg_number(L, "timeout", 5);
-  hc.connect_timeout = cfg_number(L, "connect_timeout", hc.timeout);
-  hc.sdk_name = LF_SDK_NAME;
-  hc.sdk_version = LF_VERSION;
-  hc.ca_file = cfg_string(L, "ca_file");
-
+  base = lf_cfg_http(L, "new_client", &hc);
   c = lua_newuserdata(L, sizeof(*c));           /* client */
   memset(c, 0, sizeof(*c));
   luaL_setmetatable(L, CLIENT_MT);
   lf_upload_opts_init(&c->upload);
-  c->upload.max_batch_bytes = (size_t)cfg_number(L, "max_batch_bytes",
-                                  (double)c->upload.max_batch_bytes);
-  c->upload.max_batch_events = (size_t)cfg_number(L, "max_batch_events",
-                                  (double)c->upload.max_batch_events);
-  c->upload.max_retries = (int)cfg_number(L, "max_retries",
-                                          c->upload.max_retries);
-  c->upload.backoff_base = cfg_number(L, "backoff_base",
-                                      c->upload.backoff_base);
-  c->upload.backoff_max = cfg_number(L, "backoff_max",
-                                     c->upload.backoff_max);
-  c->upload.retry_after_max = cfg_number(L, "retry_after_max",
-                                         c->upload.retry_after_max);
+  lf_cfg_upload(L, &c->upload);
   lf_encode_opts_init(&c->encode);
-  c->encode.max_event_bytes = (size_t)cfg_number(L, "max_event_bytes",
-                                  (double)c->encode.max_event_bytes);
-  c->encode.max_depth = (size_t)cfg_number(L, "max_depth",
-                                           (double)c->encode.max_depth);
-  c->encode.strict = cfg_bool(L, "strict", c->encode.strict);
+  c->encode.max_event_bytes = (size_t)lf_cfg_number(L,
+      "max_event_bytes", (double)c->encode.max_event_bytes);
+  c->encode.max_depth = (size_t)lf_cfg_number(L, "max_depth",
+                                              (double)c->encode.max_depth);
+  c->encode.strict = lf_cfg_bool(L, "strict", c->encode.strict);
 
   c->ingestion_url = join_url(base, INGESTION_PATH);
   c->http = c->ingestion_url ? lf_http_new(&hc) : NULL;

@@ -43,6 +43,7 @@
 #include <string.h>
 
 #include "lf_compat.h"
+#include "lf_cfg.h"
 #include "lf_core.h"
 #include "lf_http.h"
 #include "lf_spool.h"
@@ -711,25 +712,6 @@ static int claim_close(lua_State *L)
 ** Raw uploader
 ** ================================================================= */
 
-static const char *cfg_string(lua_State *L, const char *name)
-{
-  const char *s;
-  lua_getfield(L, 1, name);                     /* value */
-  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  lua_pop(L, 1);                                /* the table keeps it */
-  return s;
-}
-
-static double cfg_number(lua_State *L, const char *name, double dflt)
-{
-  double v = dflt;
-  lua_getfield(L, 1, name);                     /* value */
-  if(lua_type(L, -1) == LUA_TNUMBER)
-    v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
 static void raw_release(struct raw_client *r)
 {
   lf_http_free(r->http);
@@ -754,34 +736,12 @@ static int raw_new(lua_State *L)
   const char *base;
   size_t n;
   luaL_checktype(L, 1, LUA_TTABLE);
-  memset(&hc, 0, sizeof(hc));
-  hc.public_key = cfg_string(L, "public_key");
-  hc.secret_key = cfg_string(L, "secret_key");
-  base = cfg_string(L, "base_url");
-  if(!hc.public_key || !hc.secret_key || !base)
-    return luaL_argerror(L, 1, "public_key, secret_key and base_url are "
-                         "required");
-  hc.timeout = cfg_number(L, "timeout", 5);
-  hc.connect_timeout = cfg_number(L, "connect_timeout", hc.timeout);
-  hc.sdk_name = LF_SDK_NAME;
-  hc.sdk_version = LF_VERSION;
-  hc.ca_file = cfg_string(L, "ca_file");
+  base = lf_cfg_http(L, "raw_client", &hc);
   r = lua_newuserdata(L, sizeof(*r));           /* raw */
   memset(r, 0, sizeof(*r));
   luaL_setmetatable(L, RAW_MT);
   lf_upload_opts_init(&r->upload);
-  r->upload.max_batch_bytes = (size_t)cfg_number(L, "max_batch_bytes",
-                                (double)r->upload.max_batch_bytes);
-  r->upload.max_batch_events = (size_t)cfg_number(L, "max_batch_events",
-                                (double)r->upload.max_batch_events);
-  r->upload.max_retries = (int)cfg_number(L, "max_retries",
-                                          r->upload.max_retries);
-  r->upload.backoff_base = cfg_number(L, "backoff_base",
-                                      r->upload.backoff_base);
-  r->upload.backoff_max = cfg_number(L, "backoff_max",
-                                     r->upload.backoff_max);
-  r->upload.retry_after_max = cfg_number(L, "retry_after_max",
-                                         r->upload.retry_after_max);
+  lf_cfg_upload(L, &r->upload);
   n = strlen(base);
   while(n && base[n - 1] == '/')
     n--;

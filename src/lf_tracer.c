@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "lf_compat.h"
+#include "lf_cfg.h"
 #include "lf_core.h"
 #include "lf_durable.h"
 #include "lf_encode.h"
@@ -1224,35 +1225,6 @@ static int t_gc(lua_State *L)
 ** Construction
 ** ================================================================= */
 
-static const char *cfg_string(lua_State *L, const char *name)
-{
-  const char *s;
-  lua_getfield(L, 1, name);                     /* value */
-  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  lua_pop(L, 1);                                /* cfg keeps it */
-  return s;
-}
-
-static double cfg_number(lua_State *L, const char *name, double dflt)
-{
-  double v = dflt;
-  lua_getfield(L, 1, name);                     /* value */
-  if(lua_type(L, -1) == LUA_TNUMBER)
-    v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
-static int cfg_bool(lua_State *L, const char *name, int dflt)
-{
-  int v = dflt;
-  lua_getfield(L, 1, name);                     /* value */
-  if(lua_type(L, -1) == LUA_TBOOLEAN)
-    v = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  return v;
-}
-
 /* A malloc'd JSON string of s (the caller frees it), NULL for a NULL s.
    Raises for text that is not UTF-8 or when out of memory; b is the
    tracer's scratch buffer. */
@@ -1290,20 +1262,10 @@ static void read_sender_config(lua_State *L, struct lf_tracer *t,
   static const char *const otlp_headers[] = {
     "x-langfuse-ingestion-version: 4", NULL
   };
-  const char *base = cfg_string(L, "base_url");
-  const char *policy = cfg_string(L, "queue_full_policy");
+  const char *policy = lf_cfg_string(L, "queue_full_policy");
+  const char *base;
   lf_sender_config_init(sc);
-  sc->http.public_key = cfg_string(L, "public_key");
-  sc->http.secret_key = cfg_string(L, "secret_key");
-  sc->http.timeout = cfg_number(L, "timeout", 5);
-  sc->http.connect_timeout = cfg_number(L, "connect_timeout",
-                                        sc->http.timeout);
-  sc->http.sdk_name = LF_SDK_NAME;
-  sc->http.sdk_version = LF_VERSION;
-  sc->http.ca_file = cfg_string(L, "ca_file");
-  if(!base || !sc->http.public_key || !sc->http.secret_key)
-    luaL_error(L, "new_tracer: public_key, secret_key and base_url are "
-               "required");
+  base = lf_cfg_http(L, "new_tracer", &sc->http);
   join_url(L, &t->out, base, INGESTION_PATH);
   sc->ingestion.url = t->out.data;
   sc->ingestion.prefix = "{\"batch\":[";
@@ -1312,41 +1274,30 @@ static void read_sender_config(lua_State *L, struct lf_tracer *t,
     join_url(L, &t->ctx, base, OTLP_PATH);
     sc->otlp.url = t->ctx.data;
     lf_buf_reset(&t->body);
-    if(lf_span_otlp_prefix(&t->body, cfg_string(L, "service_name"),
+    if(lf_span_otlp_prefix(&t->body, lf_cfg_string(L, "service_name"),
                            sc->http.public_key,
-                           cfg_string(L, "environment"),
-                           cfg_string(L, "release")))
+                           lf_cfg_string(L, "environment"),
+                           lf_cfg_string(L, "release")))
       luaL_error(L, "new_tracer: bad service_name, environment or "
                  "release text");
     sc->otlp.prefix = t->body.data;
     sc->otlp.suffix = LF_SPAN_SUFFIX;
-    sc->otlp.gzip = cfg_bool(L, "gzip", 1);
+    sc->otlp.gzip = lf_cfg_bool(L, "gzip", 1);
     sc->otlp.headers = otlp_headers;
   }
-  sc->upload.max_batch_bytes = (size_t)cfg_number(L, "max_batch_bytes",
-                                   (double)sc->upload.max_batch_bytes);
-  sc->upload.max_batch_events = (size_t)cfg_number(L, "max_batch_events",
-                                    (double)sc->upload.max_batch_events);
-  sc->upload.max_retries = (int)cfg_number(L, "max_retries",
-                                           sc->upload.max_retries);
-  sc->upload.backoff_base = cfg_number(L, "backoff_base",
-                                       sc->upload.backoff_base);
-  sc->upload.backoff_max = cfg_number(L, "backoff_max",
-                                      sc->upload.backoff_max);
-  sc->upload.retry_after_max = cfg_number(L, "retry_after_max",
-                                          sc->upload.retry_after_max);
-  sc->flush_at = (size_t)cfg_number(L, "flush_at", (double)sc->flush_at);
-  sc->flush_interval = cfg_number(L, "flush_interval", sc->flush_interval);
-  sc->max_queue_events = (size_t)cfg_number(L, "queue_max_events",
+  lf_cfg_upload(L, &sc->upload);
+  sc->flush_at = (size_t)lf_cfg_number(L, "flush_at", (double)sc->flush_at);
+  sc->flush_interval = lf_cfg_number(L, "flush_interval", sc->flush_interval);
+  sc->max_queue_events = (size_t)lf_cfg_number(L, "queue_max_events",
                                             (double)sc->max_queue_events);
-  sc->max_queue_bytes = (size_t)cfg_number(L, "queue_max_bytes",
+  sc->max_queue_bytes = (size_t)lf_cfg_number(L, "queue_max_bytes",
                                            (double)sc->max_queue_bytes);
   sc->full_policy = policy && !strcmp(policy, "block") ? LF_FULL_BLOCK
                                                        : LF_FULL_DROP_NEWEST;
   if(policy && !strcmp(policy, "spool"))
     sc->full_policy = LF_FULL_SPOOL;
   sc->spool_dir = lf_durable_lua_config(L, 1, &sc->spool);
-  sc->block_timeout = cfg_number(L, "queue_block_timeout",
+  sc->block_timeout = lf_cfg_number(L, "queue_block_timeout",
                                  sc->block_timeout);
 }
 
@@ -1366,23 +1317,23 @@ static int new_tracer(lua_State *L)
   lf_problems_init(&t->probs);
   luaL_setmetatable(L, TRACER_MT);
   rng_seed(t);
-  protocol = cfg_string(L, "protocol");
+  protocol = lf_cfg_string(L, "protocol");
   t->protocol = protocol && !strcmp(protocol, "ingestion") ?
                 PROTO_INGESTION : PROTO_OTLP;
-  t->report = cfg_bool(L, "report", 0);
-  t->sample_rate = cfg_number(L, "sample_rate", 1);
+  t->report = lf_cfg_bool(L, "report", 0);
+  t->sample_rate = lf_cfg_number(L, "sample_rate", 1);
   lf_encode_opts_init(&t->encode);
-  t->encode.max_event_bytes = (size_t)cfg_number(L, "max_event_bytes",
+  t->encode.max_event_bytes = (size_t)lf_cfg_number(L, "max_event_bytes",
                                    (double)t->encode.max_event_bytes);
-  t->encode.max_depth = (size_t)cfg_number(L, "max_depth",
+  t->encode.max_depth = (size_t)lf_cfg_number(L, "max_depth",
                                            (double)t->encode.max_depth);
-  s = cfg_string(L, "environment");
+  s = lf_cfg_string(L, "environment");
   t->env = s ? lf_strndup(s, strlen(s)) : NULL;
   if(s && !t->env)
     return luaL_error(L, "new_tracer: out of memory");
   t->env_json = json_text(L, &t->body, s);
-  t->release_json = json_text(L, &t->body, cfg_string(L, "release"));
-  if(cfg_bool(L, "enabled", 1)) {
+  t->release_json = json_text(L, &t->body, lf_cfg_string(L, "release"));
+  if(lf_cfg_bool(L, "enabled", 1)) {
     read_sender_config(L, t, &sc);
     t->sender = lf_sender_new(&sc);
     if(!t->sender)
