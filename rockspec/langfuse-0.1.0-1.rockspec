@@ -26,7 +26,9 @@ dependencies = {
   "lua >= 5.1, < 5.5",
 }
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  -- Only the library is looked up: Debian keeps curl.h in a multiarch
+  -- folder that the compiler searches but LuaRocks does not.
+  CURL = { library = "curl" },
   ZLIB = { header = "zlib.h", library = "z" },
 }
 build = {
