@@ -101,6 +101,8 @@ struct walker {
   size_t idlen;
   size_t nprob;           /* problems found in the current event */
   int partial;            /* LF_BODY_PARTIAL */
+  const struct lf_rename *rename;   /* names the fields of rename_at */
+  const struct frame *rename_at;
 };
 
 /* What an object's fields said, for the checks across fields. */
@@ -1116,12 +1118,22 @@ static int walk_fields(struct walker *w, int idx, struct frame *f,
     struct frame c;
     int name, kind;
     uint64_t bit;
-    if(lua_type(L, base + 1) != LUA_TSTRING) {
+    if(w->rename && f == w->rename_at) {
+      int r = w->rename->field(w->rename->ud, L, base + 1, v, &c.key,
+                               &c.klen);
+      if(r) {
+        if(r < 0)
+          result = LF_EINVAL;
+        lua_settop(L, base + 1);                    /* key */
+        continue;
+      }
+    } else if(lua_type(L, base + 1) != LUA_TSTRING) {
       result = problem_key(w, f, base + 1, IN_FIELDS);
       lua_settop(L, base + 1);                      /* key */
       continue;
+    } else {
+      c.key = lua_tolstring(L, base + 1, &c.klen);
     }
-    c.key = lua_tolstring(L, base + 1, &c.klen);
     child_frame(L, &c, f, v, 0);
     name = lf_name_lookup(c.key, c.klen);
     kind = name >= 0 ? sc->kind[name] : LF_K_NONE;
@@ -1422,6 +1434,8 @@ static void walker_init(struct walker *w, lua_State *L,
   w->idlen = 0;
   w->nprob = 0;
   w->partial = 0;
+  w->rename = NULL;
+  w->rename_at = NULL;
 }
 
 /* Appends an accepted event, whose JSON starts at off in b->text, with
@@ -1597,9 +1611,12 @@ int lf_encode_value(lua_State *L, int idx, const struct lf_encode_opts *o,
   return result;
 }
 
-int lf_validate_body(lua_State *L, int idx, const char *type,
-                     const struct lf_encode_opts *o, int flags,
-                     struct lf_buf *out, struct lf_problems *probs)
+/* lf_validate_body and lf_validate_options: the body's field names are
+   mapped by rn when it is not NULL. */
+static int validate_body(lua_State *L, int idx, const char *type,
+                         const struct lf_encode_opts *o, int flags,
+                         const struct lf_rename *rn, struct lf_buf *out,
+                         struct lf_problems *probs)
 {
   struct walker w;
   struct frame root = { NULL, NULL, 0, 0, NULL, 2, LUA_TNONE };
@@ -1614,6 +1631,8 @@ int lf_validate_body(lua_State *L, int idx, const char *type,
   start = out->len;
   walker_init(&w, L, o, out, probs);
   w.partial = (flags & LF_BODY_PARTIAL) != 0;
+  w.rename = rn;
+  w.rename_at = &root;
   idx = lua_absindex(L, idx);
   root.type = lua_type(L, idx);
   sc = lf_schema_for_type(type, strlen(type), &internal);
@@ -1631,4 +1650,19 @@ int lf_validate_body(lua_State *L, int idx, const char *type,
   out_end(out);
   lf_buf_free(&scratch);
   return result;
+}
+
+int lf_validate_body(lua_State *L, int idx, const char *type,
+                     const struct lf_encode_opts *o, int flags,
+                     struct lf_buf *out, struct lf_problems *probs)
+{
+  return validate_body(L, idx, type, o, flags, NULL, out, probs);
+}
+
+int lf_validate_options(lua_State *L, int idx, const char *type,
+                        const struct lf_encode_opts *o, int flags,
+                        const struct lf_rename *rn, struct lf_buf *out,
+                        struct lf_problems *probs)
+{
+  return validate_body(L, idx, type, o, flags, rn, out, probs);
 }

@@ -152,6 +152,31 @@ int lf_validate_body(lua_State *L, int idx, const char *type,
                      struct lf_buf *out, struct lf_problems *probs)
   LF_WARN_UNUSED;
 
+/* How lf_validate_options names the body fields.  field looks at the
+   key and value at kidx and vidx (a top-level option; it must leave the
+   stack as it is) and returns 0 with *name and *len set to the body
+   field it fills (a string that outlives the call), 1 to leave the
+   option out of the body, or -1 to stop: the option is refused, and
+   field keeps why for its caller. */
+struct lf_rename {
+  int (*field)(void *ud, lua_State *L, int kidx, int vidx,
+               const char **name, size_t *len);
+  void *ud;
+};
+
+/*
+** lf_validate_body for a table keyed by option names rather than body
+** fields: each top-level key goes through rn, and the body (and the
+** problems' paths) use the field names it gives.  When rn stops the
+** walk, returns LF_EINVAL at once, and the problems found so far are
+** not the reason.
+*/
+int lf_validate_options(lua_State *L, int idx, const char *type,
+                        const struct lf_encode_opts *o, int flags,
+                        const struct lf_rename *rn, struct lf_buf *out,
+                        struct lf_problems *probs)
+  LF_WARN_UNUSED;
+
 /*
 ** For the Lua binding (validate and encode_batch), same rules as
 ** lf_encode_events.  lf_encode_check_events writes nothing back and

@@ -32,12 +32,14 @@
 ** message }, when the tracer reports after each record (cfg.report) and
 ** there are any.
 **
-** The options of each call are validated once, by lf_validate_body with
-** the schema of the matching ingestion event, and kept as the JSON text
-** it wrote ("body"); finish joins the bodies of creation, updates and
-** finish with lf_fields_read and writes the span or event from them.  A
-** body is a plain Lua string kept in the builder's table, so an
-** observation holds no C memory and needs no finaliser.
+** The options of each call are validated once, by lf_validate_options
+** with the schema of the matching ingestion event (option names are
+** checked and mapped to body fields in the same walk of the caller's
+** table), and kept as the JSON text it wrote ("body"); finish joins
+** the bodies of creation, updates and finish with lf_fields_read and
+** writes the span or event from them.  A body is a plain Lua string kept
+** in the builder's table, so an observation holds no C memory and needs
+** no finaliser.
 **
 ** Ids come from a xoshiro256** generator seeded from getrandom(), per
 ** tracer, and seeded again in a child after fork(), so two processes
@@ -199,15 +201,15 @@ struct lf_tracer {
 
 /* What take_options found besides the schema fields. */
 struct taken {
-  int camel;                  /* stack index of the body table; 0: none */
-  int set[OPTION_COUNT];      /* options set in a reused body table */
-  int nset;
+  int camel;                  /* stack index of the options or body; 0 */
   const char *id;             /* the id option, checked, or NULL */
   size_t idlen;
   int end_time;               /* a trace's end_time was given */
 };
 
 static pthread_once_t tracer_once = PTHREAD_ONCE_INIT;
+/* The lengths of the option names, set once by tracer_init. */
+static size_t snake_len[OPTION_COUNT], camel_len[OPTION_COUNT];
 static unsigned long fork_gen;                  /* atomic */
 
 static const char hex_digits[] = "0123456789abcdef";
@@ -224,7 +226,12 @@ static void on_fork_child(void)
 
 static void tracer_init(void)
 {
+  size_t i;
   (void)pthread_atfork(NULL, NULL, on_fork_child);
+  for(i = 0; i < OPTION_COUNT; i++) {
+    snake_len[i] = strlen(options[i].snake);
+    camel_len[i] = strlen(options[i].camel);
+  }
 }
 
 /* The option whose camelCase field is s (n bytes), or NULL. */
@@ -384,72 +391,69 @@ static int unknown_option(lua_State *L, const char *k, size_t n, int b)
   return opt_error(L, "unknown option \"%s\"", k);
 }
 
-/* Handles an option taken here rather than by the schema (value on
-   top).  Returns 0, or 1 with a message pushed. */
-static int take_special(lua_State *L, const struct option *op, int b,
-                        struct taken *tk)
+/* Notes an option taken here rather than by the schema (value at v) in
+   tk.  Returns NULL, or what was given instead of a valid id. */
+static const char *special_got(lua_State *L, const struct option *op,
+                               int b, int v, struct taken *tk)
 {
   size_t n, want = b == B_TRACE ? 32 : 16;
   const char *s;
   if(op != &options[OPT_ID]) {
     tk->end_time = 1;
-    return 0;
+    return NULL;
   }
-  s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  s = lua_type(L, v) == LUA_TSTRING ? lua_tolstring(L, v, &n) : NULL;
   if(!s || !is_hex_id(s, n, want))
-    return opt_error(L, "option \"id\": expected %d lowercase hex "
-                     "characters, not all zeros, got %s", (int)want,
-                     s ? "another string" : luaL_typename(L, -1));
+    return s ? "another string" : luaL_typename(L, v);
   tk->id = s;                     /* the options table keeps it alive */
   tk->idlen = n;
-  return 0;
+  return NULL;
 }
 
-/* The methods share three upvalues: a body table reused to save making
-   one per call, the option numbers by name (a Lua lookup is a pointer
-   compare, no hashing), and the body field names by option number. */
-#define UP_SCRATCH lua_upvalueindex(1)
-#define UP_NUMBERS lua_upvalueindex(2)
-#define UP_FIELDS lua_upvalueindex(3)
-
-/* Pushes the shared body table, emptied: it is emptied after each use,
-   and here again in case a raise cut the last use short. */
-static void push_scratch(lua_State *L)
+/* The message of a refused id option (got: what special_got said). */
+static int id_error(lua_State *L, int b, const char *got)
 {
-  int t;
-  lua_pushvalue(L, UP_SCRATCH);                 /* body */
-  t = lua_gettop(L);
-  lua_pushnil(L);                               /* body nil */
-  while(lua_next(L, t)) {                       /* body key value */
-    lua_pop(L, 1);                              /* body key */
-    lua_pushvalue(L, -1);                       /* body key key */
-    lua_pushnil(L);                             /* body key key nil */
-    lua_rawset(L, t);                           /* body key */
-  }
+  return opt_error(L, "option \"id\": expected %d lowercase hex "
+                   "characters, not all zeros, got %s",
+                   b == B_TRACE ? 32 : 16, got);
 }
 
-/* Empties the shared body table after a use. */
-static void clear_scratch(lua_State *L, struct taken *tk)
-{
-  while(tk->nset) {
-    lua_rawgeti(L, UP_FIELDS, tk->set[--tk->nset]); /* field */
-    lua_pushnil(L);                             /* field nil */
-    lua_rawset(L, tk->camel);
-  }
-}
-
-/*
-** Copies the options table at idx into a table keyed by the body fields
-** (pushed, its index in tk->camel): a new one when fresh, else the
-** shared one, which the caller empties with clear_scratch.  Every name
-** is checked against builder b.  No options (nil) pushes nothing.
-** Returns 0, or 1 with an error message pushed.
-*/
-static int take_options(lua_State *L, int b, int idx, int fresh,
+/* Handles an option taken here rather than by the schema (value on
+   top).  Returns 0, or 1 with a message pushed. */
+static int take_special(lua_State *L, const struct option *op, int b,
                         struct taken *tk)
 {
+  const char *got = special_got(L, op, b, lua_gettop(L), tk);
+  return got ? id_error(L, b, got) : 0;
+}
+
+/* The option named s (n bytes), or NULL. */
+static const struct option *option_by_name(const char *s, size_t n)
+{
+  size_t i;
+  for(i = 0; i < OPTION_COUNT; i++) {
+    const char *name = options[i].snake;
+    if(snake_len[i] == n && name[0] == s[0] && !memcmp(name, s, n))
+      return &options[i];
+  }
+  return NULL;
+}
+
+/* The methods share two upvalues: the option numbers by name (a Lua
+   lookup is a pointer compare, no hashing), and the body field names by
+   option number. */
+#define UP_NUMBERS lua_upvalueindex(1)
+#define UP_FIELDS lua_upvalueindex(2)
+
+/*
+** Copies the options table at idx into a new table keyed by the body
+** fields (pushed, its index in tk->camel), checking every name against
+** builder b.  No options (nil) pushes nothing and leaves tk->camel 0.
+** Returns 0, or 1 with an error message pushed.
+*/
+static int take_options(lua_State *L, int b, int idx, struct taken *tk)
+{
   tk->camel = 0;
-  tk->nset = 0;
   tk->id = NULL;
   tk->idlen = 0;
   tk->end_time = 0;
@@ -458,10 +462,7 @@ static int take_options(lua_State *L, int b, int idx, int fresh,
   if(lua_type(L, idx) != LUA_TTABLE)
     return opt_error(L, "expected a table of options, got %s",
                      luaL_typename(L, idx));
-  if(fresh)
-    lua_createtable(L, 0, 8);                   /* body */
-  else
-    push_scratch(L);
+  lua_createtable(L, 0, 8);                     /* body */
   tk->camel = lua_gettop(L);
   lua_pushnil(L);                               /* body nil */
   while(lua_next(L, idx)) {                     /* body key value */
@@ -488,11 +489,71 @@ static int take_options(lua_State *L, int b, int idx, int fresh,
       lua_rawgeti(L, UP_FIELDS, i);             /* body key value field */
       lua_insert(L, -2);                        /* body key field value */
       lua_rawset(L, tk->camel);                 /* body key */
-      if(!fresh)
-        tk->set[tk->nset++] = i;
     }
   }
   return 0;
+}
+
+/* The state of option_field during one lf_validate_options. */
+struct naming {
+  int b;                      /* the builder */
+  struct taken *tk;
+  const char *why;            /* what stopped the walk, or NULL */
+  const char *key;            /* the option that did (Lua-owned) */
+  size_t klen;
+};
+
+/* Why option_field stops: a name that is not a string, an option that
+   is not allowed, an id that is not one; why holds the type got. */
+static const char WHY_KEY[] = "key", WHY_UNKNOWN[] = "unknown";
+
+/*
+** The lf_rename field of read_options: checks the option name at kidx
+** against builder nm->b, as take_options does, and gives its body
+** field; an option taken here (take_special) stays out of the body.
+*/
+static int option_field(void *ud, lua_State *L, int kidx, int vidx,
+                        const char **name, size_t *len)
+{
+  struct naming *nm = ud;
+  const struct option *op;
+  const char *k, *got;
+  size_t n;
+  if(lua_type(L, kidx) != LUA_TSTRING) {
+    nm->why = WHY_KEY;
+    nm->key = luaL_typename(L, kidx);
+    return -1;
+  }
+  k = lua_tolstring(L, kidx, &n);
+  op = option_by_name(k, n);
+  if(!op || !(op->where & W(nm->b))) {
+    nm->why = WHY_UNKNOWN;
+    nm->key = k;
+    nm->klen = n;
+    return -1;
+  }
+  if(op->special & W(nm->b)) {
+    got = special_got(L, op, nm->b, vidx, nm->tk);
+    if(got) {
+      nm->why = got;
+      return -1;
+    }
+    return 1;
+  }
+  *name = op->camel;
+  *len = camel_len[op - options];
+  return 0;
+}
+
+/* Pushes the message of what stopped option_field. */
+static int naming_error(lua_State *L, const struct naming *nm)
+{
+  if(nm->why == WHY_KEY)
+    return opt_error(L, "option names must be strings, got a %s",
+                     nm->key);
+  if(nm->why == WHY_UNKNOWN)
+    return unknown_option(L, nm->key, nm->klen, nm->b);
+  return id_error(L, nm->b, nm->why);
 }
 
 /* Pushes the message of the first problem, its path's first field
@@ -518,19 +579,32 @@ static int problem_error(lua_State *L, const struct lf_problems *p)
 
 /*
 ** Validates the body table at camel with the schema of builder b and
-** leaves its JSON in t->body.  Returns 0, or 1 with a message pushed.
-** Raises only when out of memory (the buffers belong to the userdata).
+** leaves its JSON in t->body: with nm, camel is the options table
+** itself, read through option_field (partial: for builders); else a
+** whole body keyed by the body fields.  Returns 0, or 1 with a message
+** pushed.  Raises only when out of memory (the buffers belong to the
+** userdata).
 */
 static int check_body(lua_State *L, struct lf_tracer *t, int b, int camel,
-                      int partial)
+                      struct naming *nm)
 {
   int result;
   lf_buf_reset(&t->body);
   if(t->probs.n)
     lf_problems_free(&t->probs);
-  result = lf_validate_body(L, camel, schema_types[b], &t->encode,
-                            partial ? LF_BODY_PARTIAL : 0, &t->body,
-                            &t->probs);
+  if(nm) {
+    struct lf_rename rn;
+    rn.field = option_field;
+    rn.ud = nm;
+    result = lf_validate_options(L, camel, schema_types[b], &t->encode,
+                                 LF_BODY_PARTIAL, &rn, &t->body,
+                                 &t->probs);
+    if(nm->why)
+      return naming_error(L, nm);
+  } else {
+    result = lf_validate_body(L, camel, schema_types[b], &t->encode, 0,
+                              &t->body, &t->probs);
+  }
   if(result == LF_ENOMEM)
     return luaL_error(L, "langfuse: out of memory");
   if(result)
@@ -538,20 +612,28 @@ static int check_body(lua_State *L, struct lf_tracer *t, int b, int camel,
   return 0;
 }
 
-/* Takes and checks the options at idx for builder b: their JSON is left
-   in t->body (empty for none).  Returns 0, or 1 with a message. */
+/* Checks the options at idx for builder b, names and values in one walk
+   of the options table: their JSON is left in t->body (empty for none).
+   Returns 0, or 1 with a message. */
 static int read_options(lua_State *L, struct lf_tracer *t, int b, int idx,
                         struct taken *tk)
 {
-  int bad;
+  struct naming nm;
   lf_buf_reset(&t->body);
-  if(take_options(L, b, idx, 0, tk))
-    return 1;
-  if(!tk->camel)
+  tk->camel = 0;
+  tk->id = NULL;
+  tk->idlen = 0;
+  tk->end_time = 0;
+  if(lua_isnoneornil(L, idx))
     return 0;
-  bad = check_body(L, t, b, tk->camel, 1);
-  clear_scratch(L, tk);
-  return bad;
+  if(lua_type(L, idx) != LUA_TTABLE)
+    return opt_error(L, "expected a table of options, got %s",
+                     luaL_typename(L, idx));
+  tk->camel = idx;
+  nm.b = b;
+  nm.tk = tk;
+  nm.why = NULL;
+  return check_body(L, t, b, idx, &nm);
 }
 
 /* The end_time option of a trace finish (opts at idx), checked by the
@@ -1065,7 +1147,7 @@ static int t_score(lua_State *L)
   size_t n;
   const char *s;
   int rec = lua_toboolean(L, 6), body, result;
-  if(take_options(L, client ? B_CLIENT_SCORE : B_SCORE, 3, 1, &tk))
+  if(take_options(L, client ? B_CLIENT_SCORE : B_SCORE, 3, &tk))
     return fail(L);
   if(!tk.camel) {
     lua_createtable(L, 0, 4);                   /* body */
@@ -1081,7 +1163,7 @@ static int t_score(lua_State *L)
   uuid4(t, sid);
   default_field(L, body, "id", sid, LF_UUID_LEN);
   lf_buf_reset(&t->body);
-  if(check_body(L, t, B_SCORE, body, 0))
+  if(check_body(L, t, B_SCORE, body, NULL))
     return fail(L);
   lua_getfield(L, body, "id");                  /* id */
   if(client) {
@@ -1437,8 +1519,7 @@ void lf_tracer_open(lua_State *L)
   lua_pushcfunction(L, t_gc);
   lua_setfield(L, -2, "__gc");
   lua_newtable(L);                              /* mod mt methods */
-  lua_createtable(L, 0, 16);                    /* ... methods scratch */
-  lua_createtable(L, 0, (int)OPTION_COUNT);     /* ... scratch numbers */
+  lua_createtable(L, 0, (int)OPTION_COUNT);     /* ... methods numbers */
   lua_createtable(L, (int)OPTION_COUNT, 0);     /* ... numbers fields */
   for(i = 0; i < OPTION_COUNT; i++) {
     lua_pushinteger(L, (lua_Integer)(i + 1));
@@ -1446,7 +1527,7 @@ void lf_tracer_open(lua_State *L)
     lua_pushstring(L, options[i].camel);
     lua_rawseti(L, -2, (int)(i + 1));
   }
-  luaL_setfuncs(L, methods, 3);                 /* mod mt methods */
+  luaL_setfuncs(L, methods, 2);                 /* mod mt methods */
   lua_pushvalue(L, -1);                         /* mod mt methods methods */
   lua_setfield(L, -4, "tracer_methods");        /* mod mt methods */
   lua_setfield(L, -2, "__index");               /* mod mt */
