@@ -34,8 +34,7 @@ if not res then
   print(tostring(err))
   print("kind:", err.kind, "accepted:", err.accepted)
   for _, f in ipairs(err.failed) do
-    print(("  event %d (%s) %s: %s"):format(f.index, f.id, f.path or "",
-                                           f.message))
+    print(("  event %d: %s"):format(f.index, f.message))
   end
   -- Fix what was wrong and send only the events that were not delivered.
   local again = err:events()

@@ -167,7 +167,14 @@ static void set_string(lua_State *L, const char *k, const char *v)
   }
 }
 
+/* Counts are integers on the Lua side (2, not 2.0, on Lua 5.4). */
 static void set_integer(lua_State *L, const char *k, double v)
+{
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_number(lua_State *L, const char *k, double v)
 {
   lua_pushnumber(L, v);
   lua_setfield(L, -2, k);
@@ -220,7 +227,7 @@ static void push_report(lua_State *L, struct lf_work *w)
   set_integer(L, "accepted", (double)r->delivered);
   set_integer(L, "requests", r->requests);
   set_integer(L, "attempts", r->attempts);
-  set_integer(L, "waited", r->waited);
+  set_number(L, "waited", r->waited);
   if(r->last_status)
     set_integer(L, "status", r->last_status);
   set_string(L, "body", r->last_body);
