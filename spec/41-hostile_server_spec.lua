@@ -19,28 +19,8 @@ local BOUND = 20
 local START_WAIT = 10
 
 
--- Asserts the at-least-once accounting and returns the failures by
--- event index.
 local function accounted(events, res, err)
-  local failed, nfailed = {}, 0
-  if err then
-    for _, f in ipairs(err.failed) do
-      assert.is_nil(failed[f.index], "event listed twice in err.failed")
-      failed[f.index] = f
-      nfailed = nfailed + 1
-    end
-  end
-  local counts = h.delivered_counts(events)
-  local delivered = 0
-  for i = 1, #events do
-    if not failed[i] then
-      assert.is_true(counts[i] >= 1, "event " .. i .. " never arrived")
-      delivered = delivered + 1
-    end
-  end
-  assert.equal(#events, delivered + nfailed)
-  assert.equal(delivered, res and res.accepted or err.accepted)
-  return failed
+  return h.accounted(events, res, err, true)
 end
 
 

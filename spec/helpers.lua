@@ -6,6 +6,7 @@ local ltn12 = require("ltn12")
 local socket = require("socket")
 local cjson = require("cjson")
 local langfuse = require("langfuse")
+local luassert = require("luassert")
 
 local _M = {}
 
@@ -143,6 +144,39 @@ function _M.ones(n)
     out[i] = 1
   end
   return out
+end
+
+
+-- Asserts that every event of a call is accounted for: listed once in
+-- err.failed and never seen by the server, or delivered -- exactly once,
+-- or at least once when resends are allowed (at_least_once).  Returns
+-- the failure entries by event index.
+function _M.accounted(events, res, err, at_least_once)
+  local failed, nfailed = {}, 0
+  if err then
+    for _, f in ipairs(err.failed) do
+      luassert.is_nil(failed[f.index], "event listed twice in err.failed")
+      failed[f.index] = f
+      nfailed = nfailed + 1
+    end
+  end
+  local counts = _M.delivered_counts(events)
+  local delivered = 0
+  for i = 1, #events do
+    if failed[i] and not at_least_once then
+      luassert.equal(0, counts[i], "a failed event reached the server")
+    elseif not failed[i] then
+      if at_least_once then
+        luassert.is_true(counts[i] >= 1, "event " .. i .. " never arrived")
+      else
+        luassert.equal(1, counts[i], "event " .. i .. " not delivered once")
+      end
+      delivered = delivered + 1
+    end
+  end
+  luassert.equal(#events, delivered + nfailed)
+  luassert.equal(delivered, res and res.accepted or err.accepted)
+  return failed
 end
 
 
