@@ -132,7 +132,8 @@ FUZZ_SRCS_encode = fuzz/fuzz_encode.c fuzz/json_check.c src/lf_encode.c \
                    src/lf_json.c src/lf_schema.c src/lf_time.c \
                    src/lf_uuid.c src/lf_buf.c
 FUZZ_LIBS_encode = -I$(LUA54_INC) -llua5.4 -lm
-FUZZ_SRCS_resp   = fuzz/fuzz_resp.c src/lf_resp.c src/lf_buf.c src/lf_http.c
+FUZZ_SRCS_resp   = fuzz/fuzz_resp.c src/lf_resp.c src/lf_jread.c \
+                   src/lf_buf.c src/lf_http.c
 FUZZ_LIBS_resp   = -lcurl -lz -lm
 FUZZ_SRCS_spool  = fuzz/fuzz_spool.c src/lf_spool.c src/lf_buf.c
 FUZZ_LIBS_spool  = -lz -lpthread

@@ -18,8 +18,6 @@
 /* Bytes kept of one message or error detail; a server's explanation
    fits, a pasted stack trace or zod dump is cut. */
 #define LF_RESP_TEXT_MAX 1024
-/* Nesting accepted inside values we skip; real answers nest 3 deep. */
-#define LF_RESP_DEPTH_MAX 64
 
 /* Flag for lf_resp_parse: the input was cut short (the HTTP layer kept
    only the head of a long answer), so running out of bytes is not an
