@@ -392,3 +392,30 @@ int lf_jread_members(struct lf_jread *r, const char *const *names,
       return LF_JS_BAD;
   }
 }
+
+int lf_jread_elements(struct lf_jread *r,
+                      int (*f)(struct lf_jread *, size_t, void *),
+                      void *ud)
+{
+  size_t i;
+  int ch, result = lf_jread_take(r, '[');
+  if(result)
+    return result;
+  if(lf_jread_peek(r) == ']') {
+    r->p++;
+    return LF_JS_OK;
+  }
+  for(i = 0;; i++) {
+    result = f(r, i, ud);
+    if(result)
+      return result;
+    ch = lf_jread_peek(r);
+    if(ch < 0)
+      return LF_JS_END;
+    r->p++;
+    if(ch == ']')
+      return LF_JS_OK;
+    if(ch != ',')
+      return LF_JS_BAD;
+  }
+}

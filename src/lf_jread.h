@@ -88,6 +88,15 @@ int lf_jread_key(struct lf_jread *r, const char *const *names,
 int lf_jread_members(struct lf_jread *r, const char *const *names,
                      int (*f)(struct lf_jread *, int, void *), void *ud);
 
+/*
+** Reads an array element by element: f is called at each element with
+** its index, and must read it or pass over it.  A result other than
+** LF_JS_OK from f stops the walk and is returned.
+*/
+int lf_jread_elements(struct lf_jread *r,
+                      int (*f)(struct lf_jread *, size_t, void *),
+                      void *ud);
+
 /* Appends n bytes to t within its bound, counting them in t->full. */
 int lf_jread_put(struct lf_jtext *t, const void *b, size_t n);
 

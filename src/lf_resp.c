@@ -151,35 +151,30 @@ static int keep_entry(struct top *top, struct entry *e, int is_error)
   return LF_JS_OK;
 }
 
+/* The list and whether it holds errors, while its entries are read. */
+struct list {
+  struct top *top;
+  int is_error;
+};
+
+static int list_entry(struct lf_jread *ps, size_t i, void *ud)
+{
+  struct list *l = ud;
+  struct entry e = { NULL, 0, NULL, NULL };
+  int result = read_entry(ps, &e);
+  (void)i;
+  if(!result)
+    result = keep_entry(l->top, &e, l->is_error);
+  entry_free(&e);
+  return result;
+}
+
 static int read_list(struct lf_jread *ps, struct top *top, int is_error)
 {
-  int ch = lf_jread_peek(ps), result;
-  if(ch < 0)
-    return LF_JS_END;
-  if(ch != '[')
-    return LF_JS_BAD;
-  ps->p++;
-  if(lf_jread_peek(ps) == ']') {
-    ps->p++;
-    return LF_JS_OK;
-  }
-  for(;;) {
-    struct entry e = { NULL, 0, NULL, NULL };
-    result = read_entry(ps, &e);
-    if(!result)
-      result = keep_entry(top, &e, is_error);
-    entry_free(&e);
-    if(result)
-      return result;
-    ch = lf_jread_peek(ps);
-    if(ch < 0)
-      return LF_JS_END;
-    ps->p++;
-    if(ch == ']')
-      return LF_JS_OK;
-    if(ch != ',')
-      return LF_JS_BAD;
-  }
+  struct list l;
+  l.top = top;
+  l.is_error = is_error;
+  return lf_jread_elements(ps, list_entry, &l);
 }
 
 static int top_member(struct lf_jread *ps, int which, void *ud)

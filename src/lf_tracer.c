@@ -20,6 +20,9 @@
 **   finish(kind, trace_id, span_id, parent_id, start, body, opts, ctx,
 **          version, rec)  -> true
 **   late(kind, trace_id, span_id, opts, rec) -> true
+**   exchange(id, method, route, status, start, finish, header_time,
+**            upstream, upstream_status, user, session, request, answer,
+**            form, truncated, capture_io, opts) -> true [, note]
 **   score(client, opts, trace_id, observation_id, rec) -> id
 **   flush(timeout), shutdown(timeout) -> ok
 **   stats() -> table      drain() -> failures | nil
@@ -61,6 +64,7 @@
 #include "lf_core.h"
 #include "lf_durable.h"
 #include "lf_encode.h"
+#include "lf_exchange.h"
 #include "lf_json.h"
 #include "lf_sender.h"
 #include "lf_sha256.h"
@@ -190,6 +194,7 @@ struct lf_tracer {
   struct lf_buf body;         /* the options JSON of the current call */
   struct lf_buf out;          /* the span or event being written */
   struct lf_buf ctx;          /* trace-wide attributes of a root span */
+  struct lf_exchange_out ex;  /* the fields of an exchange */
   struct lf_problems probs;
   uint64_t rng[4];            /* xoshiro256** state */
   unsigned long rng_gen;      /* fork generation of the seed */
@@ -1191,6 +1196,168 @@ static int t_score(lua_State *L)
 }
 
 /* Pushes the result of a flush or shutdown: true, or false. */
+/* An optional string argument as text (s NULL when nil). */
+static struct lf_text opt_text(lua_State *L, int idx)
+{
+  struct lf_text t;
+  t.s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &t.n)
+                                        : NULL;
+  if(!t.s)
+    t.n = 0;
+  return t;
+}
+
+/* The trace options of exchange's opts at idx, checked by the trace
+   builder's rules (tags and metadata), into x.  Their JSON stays in
+   t->body.  Returns 0, or 1 with a message pushed. */
+static int exchange_options(lua_State *L, struct lf_tracer *t, int idx,
+                            struct lf_exchange *x, struct lf_fields *f)
+{
+  struct taken tk;
+  int top = lua_gettop(L);
+  lf_buf_reset(&t->body);
+  lf_fields_init(f);
+  if(lua_isnoneornil(L, idx))
+    return 0;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_getfield(L, idx, "name");
+  x->name = opt_text(L, -1);
+  lua_getfield(L, idx, "generation_name");
+  x->gen_name = opt_text(L, -1);
+  lua_getfield(L, idx, "tags");
+  lua_getfield(L, idx, "metadata");
+  if(!lua_isnil(L, -1) || !lua_isnil(L, -2)) {
+    lua_createtable(L, 0, 2);
+    lua_insert(L, -3);
+    lua_setfield(L, -3, "metadata");
+    lua_setfield(L, -2, "tags");
+    if(read_options(L, t, B_TRACE, lua_gettop(L), &tk))
+      return 1;
+    if(lf_fields_read(f, t->body.data, t->body.len))
+      return luaL_error(L, "langfuse: unreadable exchange options");
+    if(f->v[LF_F_TAGS] && f->v[LF_F_TAGS][0] == '[') {
+      x->tags.s = f->v[LF_F_TAGS];
+      x->tags.n = f->n[LF_F_TAGS];
+    }
+    if(f->v[LF_F_METADATA] && f->v[LF_F_METADATA][0] == '{') {
+      x->metadata.s = f->v[LF_F_METADATA];
+      x->metadata.n = f->n[LF_F_METADATA];
+    }
+  }
+  /* the name strings stay referenced by opts, which the caller holds */
+  lua_settop(L, top);
+  return 0;
+}
+
+/* Writes and sends the span (OTLP) or the two events (ingestion) of an
+   exchange.  Returns 0, or 1 with a message pushed. */
+static int record_exchange(lua_State *L, struct lf_tracer *t,
+                           const char *id, const struct lf_exchange *x,
+                           struct lf_exchange_out *o)
+{
+  struct lf_span s;
+  char span_id[LF_HEX_ID_MAX + 1];
+  memset(&s, 0, sizeof(s));
+  hex_id(t, span_id, 8);
+  s.trace_id = id;
+  s.span_id = span_id;
+  s.start = x->start;
+  s.end = x->finish;
+  if(t->protocol == PROTO_OTLP) {
+    /* one span: the generation is the trace's root observation, and
+       carries the trace-wide attributes */
+    lf_buf_reset(&t->ctx);
+    if(lf_span_trace_ctx(&t->ctx, &o->trace, t->env_json,
+                         t->release_json))
+      return luaL_error(L, "langfuse: out of memory");
+    s.type = LF_OBS_GENERATION;
+    s.f = &o->gen;
+    s.ctx = t->ctx.data;
+    s.ctx_len = t->ctx.len;
+    return record(L, t, &s);
+  }
+  s.root = 1;
+  s.type = LF_OBS_SPAN;
+  s.f = &o->trace;
+  if(record(L, t, &s))
+    return 1;
+  s.root = 0;
+  s.type = LF_OBS_GENERATION;
+  s.f = &o->gen;
+  if(t->env_json) {
+    lf_buf_reset(&t->ctx);
+    if(lf_buf_printf(&t->ctx, "\"environment\":%s", t->env_json))
+      return luaL_error(L, "langfuse: out of memory");
+    s.ctx = t->ctx.data;
+    s.ctx_len = t->ctx.len;
+  }
+  return record(L, t, &s);
+}
+
+/* tracer:exchange(id, method, route, status, start, finish, header_time,
+   upstream, upstream_status, user, session, request, answer, form,
+   truncated, capture_io, opts) -> true [, note]: one request proxied to
+   an LLM API as a trace with a generation (lf_exchange.h).  id is the
+   trace id (32 hex; another value gets a new one); opts may give name,
+   generation_name, tags and metadata. */
+static int t_exchange(lua_State *L)
+{
+  struct lf_tracer *t = check_tracer(L);
+  struct lf_exchange x;
+  struct lf_fields opts;
+  struct lf_text ht;
+  char id[LF_HEX_ID_MAX + 1];
+  size_t idlen;
+  const char *given = lua_tolstring(L, 2, &idlen);
+  int failed;
+  memset(&x, 0, sizeof(x));
+  x.method = opt_text(L, 3);
+  x.route = opt_text(L, 4);
+  x.status = (int)luaL_checkinteger(L, 5);
+  x.start = luaL_checknumber(L, 6);
+  x.finish = luaL_checknumber(L, 7);
+  ht = opt_text(L, 8);
+  x.header_time = ht.s ? lf_exchange_seconds(ht.s, ht.n) : -1;
+  x.upstream = opt_text(L, 9);
+  x.upstream_status = opt_text(L, 10);
+  x.user = opt_text(L, 11);
+  x.session = opt_text(L, 12);
+  x.request = opt_text(L, 13);
+  x.answer = opt_text(L, 14);
+  x.form = (int)luaL_optinteger(L, 15, LF_EX_NONE);
+  x.truncated = lua_toboolean(L, 16);
+  x.capture_io = lua_toboolean(L, 17);
+  if(exchange_options(L, t, 18, &x, &opts))
+    return fail(L);
+  if(given && is_hex_id(given, idlen, 32))
+    memcpy(id, given, 32);
+  else
+    hex_id(t, id, 16);
+  id[32] = '\0';
+  lua_pushboolean(L, 1);
+  if(!t->sender)
+    return 1;
+  if(!lf_sample_keep(id, 32, t->sample_rate)) {
+    t->sampled_out++;
+    return 1;
+  }
+  if(lf_exchange_fields(&x, &t->ex))
+    return luaL_error(L, "langfuse: out of memory");
+  failed = record_exchange(L, t, id, &x, &t->ex);
+  trim(&t->ctx);
+  trim(&t->ex.buf);
+  if(failed)
+    return fail(L);
+  if(t->ex.left_out)
+    lua_pushfstring(L, "left out, not valid UTF-8:%s%s",
+                    (t->ex.left_out & LF_EX_BAD_INPUT) ? " the prompt" : "",
+                    (t->ex.left_out & LF_EX_BAD_OUTPUT) ? " the answer"
+                                                        : "");
+  else
+    lua_pushnil(L);
+  return done(L, t, 2);
+}
+
 static int waited(lua_State *L, struct lf_tracer *t, int result)
 {
   lua_pushboolean(L, result == LF_OK);
@@ -1296,6 +1463,7 @@ static int t_gc(lua_State *L)
   lf_buf_free(&t->body);
   lf_buf_free(&t->out);
   lf_buf_free(&t->ctx);
+  lf_exchange_out_free(&t->ex);
   lf_problems_free(&t->probs);
   return 0;
 }
@@ -1396,6 +1564,7 @@ static int new_tracer(lua_State *L)
   lf_buf_init(&t->body, 0);
   lf_buf_init(&t->out, 0);
   lf_buf_init(&t->ctx, 0);
+  lf_exchange_out_init(&t->ex);
   lf_problems_init(&t->probs);
   luaL_setmetatable(L, TRACER_MT);
   rng_seed(t);
@@ -1497,6 +1666,7 @@ void lf_tracer_open(lua_State *L)
     { "trace_ctx", t_trace_ctx },
     { "finish", t_finish },
     { "late", t_late },
+    { "exchange", t_exchange },
     { "score", t_score },
     { "flush", t_flush },
     { "shutdown", t_shutdown },

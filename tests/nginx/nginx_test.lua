@@ -234,18 +234,6 @@ local function send_plain(g, n)
 end
 
 
--- Checks that the workers hold requests not built into traces yet.
-local function check_pending(g)
-  local most = 0
-  for _ = 1, 8 do
-    local status, body = h.request("GET", g.url .. "/_langfuse/stats")
-    check(status == 200, "stats: %s", tostring(status))
-    most = math.max(most, json.decode(body).pending or 0)
-  end
-  check(most > 0, "no request is pending in the workers")
-end
-
-
 local function check_all_arrived(ids, label)
   local want = #ids
   local got = server:wait_traces(want, ARRIVAL_WAIT)
@@ -262,12 +250,6 @@ end
 -- The sender waits this long for companions, so events sent by the
 -- test are still in its queue when the signal comes.
 local QUEUED = { LANGFUSE_FLUSH_INTERVAL = "60", LANGFUSE_FLUSH_AT = "100000" }
--- And with this, the requests are not even built into traces yet: they
--- wait in the worker for trace_request's batch timer.
-local PENDING = {
-  LANGFUSE_FLUSH_INTERVAL = "60", LANGFUSE_FLUSH_AT = "100000",
-  LANGFUSE_INIT_OPTS = "batch_delay = 60",
-}
 
 
 h.test("HUP reload with events queued loses nothing", function()
@@ -314,37 +296,11 @@ h.test("QUIT with events queued loses nothing", function()
 end)
 
 
-h.test("QUIT with requests not yet built into traces loses nothing",
-       function()
-  server:reset()
-  local g = gateway(PENDING)
-  local ids = send_plain(g, 12)
-  h.sleep(0.3)
-  local _, n = server:traces()
-  check(n == 0, "%d traces arrived before QUIT: not queued", n)
-  check_pending(g)
-  check(g:stop("QUIT"), "nginx did not exit on QUIT")
-  check_all_arrived(ids, "after QUIT")
-end)
-
-
 h.test("TERM with events queued loses nothing", function()
   server:reset()
   local g = gateway(QUEUED)
   local ids = send_plain(g, 12)
   h.sleep(0.3)
-  check(g:stop("TERM"), "nginx did not exit on TERM")
-  check_all_arrived(ids, "after TERM")
-end)
-
-
-h.test("TERM with requests not yet built into traces loses nothing",
-       function()
-  server:reset()
-  local g = gateway(PENDING)
-  local ids = send_plain(g, 12)
-  h.sleep(0.3)
-  check_pending(g)
   check(g:stop("TERM"), "nginx did not exit on TERM")
   check_all_arrived(ids, "after TERM")
 end)
@@ -429,20 +385,27 @@ h.test("a long stream keeps its usage; a JSON answer over " ..
 end)
 
 
-h.test("a request whose user header the builders refuse is still " ..
-       "recorded, without it", function()
+h.test("a user header that is not UTF-8 is recorded mended; a prompt " ..
+       "that is not is left out with a warning", function()
   server:reset()
   local g = gateway()
   local _, _, hdr = g:chat{ headers = { ["x-user-id"] = "bad \255 id" } }
   local id = hdr["x-request-id"]
-  check_all_arrived({ id }, "bad header")
+  local _, _, hdr2 = g:chat{ text = "broken \255 prompt" }
+  local id2 = hdr2["x-request-id"]
+  check_all_arrived({ id, id2 }, "bad bytes")
   local traces = server:traces()
   local gen = generation_of(traces[id])
-  check(attr(gen, "user.id") == nil, "user.id %s", tostring(attr(gen,
-        "user.id")))
+  check(attr(gen, "user.id") == "bad \239\191\189 id", "user.id %s",
+        tostring(attr(gen, "user.id")))
   check(attr(gen, "langfuse.observation.usage_details"), "no usage")
-  check(g:error_log():match("%[warn%][^\n]*recorded without user"),
-        "no warning about the refused header")
+  local gen2 = generation_of(traces[id2])
+  check(attr(gen2, "langfuse.observation.input") == nil,
+        "a prompt that is not UTF-8 was sent")
+  check(attr(gen2, "langfuse.observation.usage_details"), "no usage")
+  check(g:error_log():match("%[warn%][^\n]*" .. id2 ..
+                            "[^\n]*not valid UTF%-8: the prompt"),
+        "no warning about the prompt")
 end)
 
 
@@ -466,15 +429,6 @@ h.test("a score recorded from content_by_lua arrives", function()
   check(ev, "no score arrived")
   check(ev.body.traceId == id and ev.body.value == 1
         and ev.body.name == "user-feedback", "score %s", json.encode(ev))
-end)
-
-
-h.test("a burst larger than batch_max is built over several timer runs",
-       function()
-  server:reset()
-  local g = gateway{ LANGFUSE_INIT_OPTS = "batch_delay = 0.5, batch_max = 3" }
-  local ids = send_plain(g, 25)
-  check_all_arrived(ids, "burst")
 end)
 
 
