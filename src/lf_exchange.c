@@ -438,8 +438,8 @@ static int read_stream(struct answer *res, struct answer *ev,
   return LF_OK;
 }
 
-/* Reads the answer into res; an answer that is not one JSON object
-   leaves res empty. */
+/* Reads an answer that is one JSON object into res.  Returns the
+   reader's result; res is left empty unless it is LF_JS_OK. */
 static int read_answer(struct answer *res, const struct lf_text *body)
 {
   struct lf_jread r;
@@ -449,7 +449,25 @@ static int read_answer(struct answer *res, const struct lf_text *body)
   lf_jread_free(&r);
   if(result)
     answer_reset(res);
-  return result == LF_JS_NOMEM ? LF_ENOMEM : LF_OK;
+  return result;
+}
+
+/* Reads the answer: as one JSON object when it starts like one and was
+   not cut, else (or when that fails) as server-sent events. */
+static int read_any_answer(struct answer *res, struct answer *ev,
+                           struct reading *rd, const struct lf_exchange *x)
+{
+  struct lf_jread r;
+  int first, result;
+  lf_jread_init(&r, x->answer.s, x->answer.n);
+  first = lf_jread_peek(&r);
+  lf_jread_free(&r);
+  if(!x->truncated && first == '{') {
+    result = read_answer(res, &x->answer);
+    if(result != LF_JS_BAD && result != LF_JS_END)
+      return result == LF_JS_NOMEM ? LF_ENOMEM : LF_OK;
+  }
+  return read_stream(res, ev, rd, &x->answer);
 }
 
 /* }================================================================ */
@@ -870,10 +888,8 @@ int lf_exchange_fields(const struct lf_exchange *x,
   reading_init(&rd, &a, &ev);
   if(x->request.s)
     result = read_request(&rd, &x->request);
-  if(!result && x->answer.s && x->form == LF_EX_JSON)
-    result = read_answer(&a, &x->answer);
-  else if(!result && x->answer.s && x->form == LF_EX_STREAM)
-    result = read_stream(&a, &ev, &rd, &x->answer);
+  if(!result && x->answer.s)
+    result = read_any_answer(&a, &ev, &rd, x);
   memset(&w, 0, sizeof(w));
   w.b = &o->buf;
   lf_buf_init(&w.tmp, 0);

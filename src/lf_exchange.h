@@ -6,7 +6,7 @@
 ** uri, status, times, upstream variables, two headers) and the bodies it
 ** kept: the request (an OpenAI-style chat completion, Responses or
 ** completion request) and the answer (one JSON document, or a stream of
-** server-sent events).  lf_exchange_fields reads the bodies with the
+** server-sent events, told apart by their first byte).  lf_exchange_fields reads the bodies with the
 ** bounded reader of lf_jread.h, picks out the model, its parameters,
 ** the prompt, the answer, the token usage and an error message, and
 ** writes every field as JSON text ready for the span writers of
@@ -21,13 +21,6 @@
 
 #include "lf_buf.h"
 #include "lf_span.h"
-
-/* How the answer was kept. */
-enum lf_exchange_form {
-  LF_EX_NONE,         /* not kept, or not readable (compressed, cut) */
-  LF_EX_JSON,         /* one JSON document, whole */
-  LF_EX_STREAM        /* server-sent events, possibly only their tail */
-};
 
 /* Bytes kept of the upstream's error message. */
 #define LF_EXCHANGE_MESSAGE_MAX 512
@@ -52,9 +45,9 @@ struct lf_exchange {
   struct lf_text user;        /* user id, from a request header */
   struct lf_text session;     /* session id, likewise */
   struct lf_text request;     /* the request body */
-  struct lf_text answer;      /* the answer's body */
-  int form;                   /* enum lf_exchange_form of answer */
-  int truncated;              /* the answer was cut to a size bound */
+  struct lf_text answer;      /* the answer's body: one JSON object,
+                                 or server-sent events */
+  int truncated;              /* the answer was cut to its last bytes */
   int capture_io;             /* record prompt and answer */
   struct lf_text name;        /* trace name; NULL: "METHOD route" */
   struct lf_text gen_name;    /* generation name; NULL: the route */

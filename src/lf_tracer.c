@@ -22,7 +22,7 @@
 **   late(kind, trace_id, span_id, opts, rec) -> true
 **   exchange(id, method, route, status, start, finish, header_time,
 **            upstream, upstream_status, user, session, request, answer,
-**            form, truncated, capture_io, opts) -> true [, note]
+**            truncated, capture_io, opts) -> true [, note]
 **   score(client, opts, trace_id, observation_id, rec) -> id
 **   flush(timeout), shutdown(timeout) -> ok
 **   stats() -> table      drain() -> failures | nil
@@ -1295,7 +1295,7 @@ static int record_exchange(lua_State *L, struct lf_tracer *t,
 }
 
 /* tracer:exchange(id, method, route, status, start, finish, header_time,
-   upstream, upstream_status, user, session, request, answer, form,
+   upstream, upstream_status, user, session, request, answer,
    truncated, capture_io, opts) -> true [, note]: one request proxied to
    an LLM API as a trace with a generation (lf_exchange.h).  id is the
    trace id (32 hex; another value gets a new one); opts may give name,
@@ -1324,10 +1324,9 @@ static int t_exchange(lua_State *L)
   x.session = opt_text(L, 12);
   x.request = opt_text(L, 13);
   x.answer = opt_text(L, 14);
-  x.form = (int)luaL_optinteger(L, 15, LF_EX_NONE);
-  x.truncated = lua_toboolean(L, 16);
-  x.capture_io = lua_toboolean(L, 17);
-  if(exchange_options(L, t, 18, &x, &opts))
+  x.truncated = lua_toboolean(L, 15);
+  x.capture_io = lua_toboolean(L, 16);
+  if(exchange_options(L, t, 17, &x, &opts))
     return fail(L);
   if(given && is_hex_id(given, idlen, 32))
     memcpy(id, given, 32);

@@ -75,7 +75,6 @@ local tostring = tostring
 local concat = table.concat
 local fmt = string.format
 local sub = string.sub
-local find = string.find
 local log = ngx.log
 local ERR = ngx.ERR
 local WARN = ngx.WARN
@@ -94,8 +93,6 @@ local REPORT_INTERVAL = 5
 local MAX_BODY_BYTES = 65536
 -- Seconds between two problem lines from the default on_error.
 local ERROR_LOG_INTERVAL = 1
--- How trace_request's answer is read (enum lf_exchange_form).
-local FORM_NONE, FORM_JSON, FORM_STREAM = 0, 1, 2
 -- Options that belong to this module, not to langfuse.new.
 local OWN_OPTIONS = {
   report_interval = "number",
@@ -174,47 +171,38 @@ local function on_error(err)
 end
 
 
--- Keeps a body chunk in state.  A JSON answer keeps its first max
--- bytes, and is marked done past them (cut JSON cannot be read); an
--- event stream keeps its last max bytes, where the usage chunk is,
--- trimming only when it holds twice as much, so that each byte is
--- copied a bounded number of times.
-local function keep_chunk(state, chunk, max)
-  local n, size = state.n + 1, state.size + #chunk
-  if size > max then
-    state.truncated = true
-    if not state.stream then
-      state.done = true
-      return
+-- Adds a chunk of the answer to kept, a table of chunks.  Past max
+-- bytes only the last max are kept (a stream's usage comes last, and a
+-- cut JSON answer cannot be read anyway), trimming when it holds twice
+-- that, so that each byte is copied a bounded number of times.
+local function keep_chunk(kept, chunk, max)
+  local n, size = kept.n + 1, kept.size + #chunk
+  if size > 2 * max then
+    local tail = sub(concat(kept, "", 1, kept.n) .. chunk, -max)
+    for i = kept.n, 2, -1 do
+      kept[i] = nil
     end
-    if size > 2 * max then
-      local tail = sub(concat(state, "", 1, state.n) .. chunk, -max)
-      for i = state.n, 2, -1 do
-        state[i] = nil
-      end
-      state[1], state.n, state.size = tail, 1, #tail
-      return
-    end
+    kept[1], kept.n, kept.size, kept.truncated = tail, 1, #tail, true
+    return
   end
-  state[n], state.n, state.size = chunk, n, size
+  kept[n], kept.n, kept.size = chunk, n, size
 end
 
 
+-- Keeps the answer in ngx.ctx.langfuse_body: the chunk itself while
+-- there is one (the usual case), else a table of chunks.
 local function capture(chunk)
   local ctx = ngx.ctx
-  local state = ctx.langfuse_body
-  if not state then
-    local enc = ngx.header["Content-Encoding"]
-    local ctype = ngx.header["Content-Type"]
-    state = { n = 0, size = 0 }
-    state.done = enc ~= nil and enc ~= "identity"
-    state.stream = type(ctype) == "string"
-                   and find(ctype, "text/event-stream", 1, true) ~= nil
-    ctx.langfuse_body = state
+  local kept = ctx.langfuse_body
+  if kept == nil then
+    ctx.langfuse_body = chunk
+    return
   end
-  if not state.done and chunk ~= "" then
-    keep_chunk(state, chunk, settings.max_body_bytes)
+  if type(kept) == "string" then
+    kept = { kept, n = 1, size = #kept }
+    ctx.langfuse_body = kept
   end
+  keep_chunk(kept, chunk, settings.max_body_bytes)
 end
 
 
@@ -234,19 +222,16 @@ local function header(name)
 end
 
 
--- The kept answer: its text, how to read it (FORM_*), and whether it
--- was cut.
-local function answer_of(state, max)
-  if not state or state.n == 0 then
-    return nil, FORM_NONE, state and state.truncated
+-- The kept answer, at most max bytes (its end), and whether it was cut.
+local function answer_of(kept, max)
+  local text = kept
+  if type(kept) == "table" then
+    text = concat(kept, "", 1, kept.n)
   end
-  local text = state.n == 1 and state[1] or concat(state, "", 1, state.n)
-  if #text > max then
-    text = sub(text, -max)
+  if text and #text > max then
+    return sub(text, -max), true
   end
-  local form = state.stream and FORM_STREAM
-               or (not state.done and FORM_JSON) or FORM_NONE
-  return text, form, state.truncated
+  return text, type(kept) == "table" and kept.truncated or false
 end
 
 
@@ -260,12 +245,12 @@ local function record_request(opts)
   if body and #body > max then
     body = nil
   end
-  local answer, form, truncated = answer_of(ngx.ctx.langfuse_body, max)
+  local answer, truncated = answer_of(ngx.ctx.langfuse_body, max)
   local ok, note, fails = exchange(tracer, var.request_id,
     get_method(), var.uri, ngx.status, start_time(), ngx.now(),
     var.upstream_header_time, var.upstream_addr, var.upstream_status,
     header(opts.user_header), header(opts.session_header), body, answer,
-    form, truncated, settings.capture_io and opts.capture_io ~= false,
+    truncated, settings.capture_io and opts.capture_io ~= false,
     opts ~= EMPTY and opts or nil)
   if not ok then
     failure("trace_request", note)
@@ -349,7 +334,11 @@ function _M.capture_body()
   if not client then
     return
   end
-  local ok, err = pcall(capture, ngx.arg[1])
+  local chunk = ngx.arg[1]
+  if chunk == "" then
+    return                       -- the end of the answer, or a flush
+  end
+  local ok, err = pcall(capture, chunk)
   if not ok then
     failure("capture_body", err)
   end
