@@ -2,6 +2,7 @@
 ** lf_exchange.c: the fields of a proxied LLM request (lf_exchange.h).
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lf_exchange.h"
@@ -15,6 +16,9 @@
 /* Characters of a number model parameter copied as it was written;
    longer ones are not parameters anybody sets. */
 #define NUMBER_MAX 32
+/* Bytes a kept buffer may hold on to between calls; one grown past it
+   by a huge answer is freed. */
+#define KEEP_MAX (256 * 1024)
 /* The slots of a usage reading. */
 enum { U_INPUT, U_OUTPUT, U_TOTAL, U_COUNT };
 
@@ -140,6 +144,20 @@ static int put_mended(struct lf_buf *b, struct lf_buf *tmp, const char *s,
   return lf_json_string(b, tmp->data ? tmp->data : "", tmp->len, NULL);
 }
 
+/* Appends "key": to b, after a comma unless *first (then cleared). */
+static int put_key(struct lf_buf *b, const char *key, int *first)
+{
+  int result = *first ? LF_OK : lf_buf_addc(b, ',');
+  *first = 0;
+  if(!result)
+    result = lf_buf_addc(b, '"');
+  if(!result)
+    result = lf_buf_adds(b, key);
+  if(!result)
+    result = lf_buf_add(b, "\":", 2);
+  return result;
+}
+
 /* One model parameter: a number as written, a string (UTF-8), a
    boolean as the string "true" or "false"; anything else is passed
    over. */
@@ -148,13 +166,12 @@ static int read_param(struct lf_jread *r, const char *key,
 {
   struct lf_text raw;
   size_t mark = rd->params.len;
-  int ch = lf_jread_peek(r), ok, result;
-  const char *sep = mark ? "," : "";
+  int ch = lf_jread_peek(r), first = mark == 0, ok, result;
   if(ch == '"') {
     result = read_short(r, &rd->text, SHORT_MAX, &ok);
     if(result || !ok)
       return result;
-    result = lf_buf_printf(&rd->params, "%s\"%s\":", sep, key);
+    result = put_key(&rd->params, key, &first);
     if(!result)
       result = lf_json_string(&rd->params, lf_buf_cstr(&rd->text),
                               rd->text.len, NULL);
@@ -166,8 +183,9 @@ static int read_param(struct lf_jread *r, const char *key,
   }
   if(ch == 't' || ch == 'f') {
     result = lf_jread_literal(r, ch == 't' ? "true" : "false");
-    if(!result && lf_buf_printf(&rd->params, "%s\"%s\":\"%s\"", sep, key,
-                                ch == 't' ? "true" : "false"))
+    if(!result && (put_key(&rd->params, key, &first) ||
+                   lf_buf_adds(&rd->params, ch == 't' ? "\"true\""
+                                                      : "\"false\"")))
       return LF_JS_NOMEM;
     return result;
   }
@@ -176,8 +194,8 @@ static int read_param(struct lf_jread *r, const char *key,
   result = raw_value(r, &raw);
   if(result || raw.n > NUMBER_MAX)
     return result;
-  if(lf_buf_printf(&rd->params, "%s\"%s\":%.*s", sep, key, (int)raw.n,
-                   raw.s))
+  if(put_key(&rd->params, key, &first) ||
+     lf_buf_add(&rd->params, raw.s, raw.n))
     return LF_JS_NOMEM;
   return LF_JS_OK;
 }
@@ -559,8 +577,7 @@ static int member_text(struct writer *w, const char *key,
   int result;
   if(!t->s)
     return LF_OK;
-  result = lf_buf_printf(w->b, "%s\"%s\":", *first ? "" : ",", key);
-  *first = 0;
+  result = put_key(w->b, key, first);
   return result ? result : put_mended(w->b, &w->tmp, t->s, t->n);
 }
 
@@ -573,11 +590,14 @@ static int trace_metadata(struct writer *w, const struct lf_exchange *x)
   if(!result)
     result = member_text(w, "route", &x->route, &first);
   if(!result)
-    result = lf_buf_printf(w->b, "%s\"status\":%d", first ? "" : ",",
-                           x->status);
-  if(!result && x->metadata.s && x->metadata.n > 2)
-    result = lf_buf_printf(w->b, ",%.*s", (int)(x->metadata.n - 2),
-                           x->metadata.s + 1);
+    result = put_key(w->b, "status", &first);
+  if(!result)
+    result = lf_json_int(w->b, x->status);
+  if(!result && x->metadata.s && x->metadata.n > 2) {
+    result = lf_buf_addc(w->b, ',');
+    if(!result)
+      result = lf_buf_add(w->b, x->metadata.s + 1, x->metadata.n - 2);
+  }
   if(!result)
     result = lf_buf_addc(w->b, '}');
   if(!result)
@@ -599,9 +619,11 @@ static int gen_metadata(struct writer *w, const struct lf_exchange *x)
   if(!result)
     result = member_text(w, "upstream_status", &x->upstream_status,
                          &first);
-  if(!result && x->truncated)
-    result = lf_buf_printf(w->b, "%s\"body_truncated\":true",
-                           first ? "" : ",");
+  if(!result && x->truncated) {
+    result = put_key(w->b, "body_truncated", &first);
+    if(!result)
+      result = lf_buf_adds(w->b, "true");
+  }
   if(!result)
     result = lf_buf_addc(w->b, '}');
   if(!result)
@@ -625,9 +647,9 @@ static int usage_field(struct writer *w, const struct answer *a)
   for(i = 0; i < U_COUNT && !result; i++) {
     if(a->usage[i] < 0)
       continue;
-    result = lf_buf_printf(w->b, "%s\"%s\":%lld", first ? "" : ",",
-                           names[i], a->usage[i]);
-    first = 0;
+    result = put_key(w->b, names[i], &first);
+    if(!result)
+      result = lf_json_int(w->b, a->usage[i]);
   }
   if(!result)
     result = lf_buf_addc(w->b, '}');
@@ -701,7 +723,8 @@ static int time_field(struct writer *w, double epoch)
   if(lf_time_format(epoch, iso))
     return LF_OK;                   /* out of range: left out */
   open_field(w);
-  if(lf_buf_printf(w->b, "\"%s\"", iso))
+  if(lf_buf_addc(w->b, '"') || lf_buf_add(w->b, iso, LF_TIME_LEN) ||
+     lf_buf_addc(w->b, '"'))
     return LF_ENOMEM;
   close_field(w, GEN, LF_F_COMPLETION_START_TIME);
   return LF_OK;
@@ -757,8 +780,11 @@ static int write_fields(struct writer *w, const struct lf_exchange *x,
   }
   if(!result && rd->params.len) {
     open_field(w);
-    result = lf_buf_printf(w->b, "{%.*s}", (int)rd->params.len,
-                           rd->params.data);
+    result = lf_buf_addc(w->b, '{');
+    if(!result)
+      result = lf_buf_add(w->b, rd->params.data, rd->params.len);
+    if(!result)
+      result = lf_buf_addc(w->b, '}');
     if(!result)
       close_field(w, GEN, LF_F_MODEL_PARAMETERS);
   }
@@ -811,33 +837,20 @@ double lf_exchange_seconds(const char *s, size_t n)
   return digits ? v : -1;
 }
 
+struct lf_exchange_work {
+  struct reading rd;
+  struct answer a;            /* the answer */
+  struct answer ev;           /* one event of a stream */
+  struct lf_buf tmp;          /* the writer's scratch */
+};
+
 void lf_exchange_out_init(struct lf_exchange_out *o)
 {
   lf_fields_init(&o->trace);
   lf_fields_init(&o->gen);
   lf_buf_init(&o->buf, 0);
   o->left_out = 0;
-}
-
-void lf_exchange_out_free(struct lf_exchange_out *o)
-{
-  lf_buf_free(&o->buf);
-  lf_exchange_out_init(o);
-}
-
-static void reading_init(struct reading *rd, struct answer *a,
-                         struct answer *ev)
-{
-  memset(rd, 0, sizeof(*rd));
-  rd->input_rank = PROMPT_KEYS;
-  lf_buf_init(&rd->model, 0);
-  lf_buf_init(&rd->params, 0);
-  lf_buf_init(&rd->text, 0);
-  lf_buf_init(&rd->content, 0);
-  memset(a, 0, sizeof(*a));
-  memset(ev, 0, sizeof(*ev));
-  answer_reset(a);
-  answer_reset(ev);
+  o->work = NULL;
 }
 
 static void answer_free(struct answer *a)
@@ -847,15 +860,51 @@ static void answer_free(struct answer *a)
   lf_buf_free(&a->delta);
 }
 
-static void reading_free(struct reading *rd, struct answer *a,
-                         struct answer *ev)
+void lf_exchange_out_free(struct lf_exchange_out *o)
 {
-  lf_buf_free(&rd->model);
-  lf_buf_free(&rd->params);
-  lf_buf_free(&rd->text);
-  lf_buf_free(&rd->content);
-  answer_free(a);
-  answer_free(ev);
+  struct lf_exchange_work *k = o->work;
+  if(k) {
+    lf_buf_free(&k->rd.model);
+    lf_buf_free(&k->rd.params);
+    lf_buf_free(&k->rd.text);
+    lf_buf_free(&k->rd.content);
+    answer_free(&k->a);
+    answer_free(&k->ev);
+    lf_buf_free(&k->tmp);
+    free(k);
+  }
+  lf_buf_free(&o->buf);
+  lf_exchange_out_init(o);
+}
+
+/* Readies o's kept buffers for a reading (made zeroed the first time:
+   empty buffers).  Returns NULL when out of memory. */
+static struct lf_exchange_work *work_start(struct lf_exchange_out *o)
+{
+  struct lf_exchange_work *k = o->work;
+  struct reading *rd;
+  if(!k) {
+    k = calloc(1, sizeof(*k));
+    if(!k)
+      return NULL;
+    o->work = k;
+  }
+  rd = &k->rd;
+  if(rd->content.cap > KEEP_MAX)
+    lf_buf_free(&rd->content);
+  if(k->ev.delta.cap > KEEP_MAX)
+    lf_buf_free(&k->ev.delta);
+  if(k->tmp.cap > KEEP_MAX)
+    lf_buf_free(&k->tmp);
+  rd->input.s = NULL;
+  rd->input_rank = PROMPT_KEYS;
+  rd->have_model = rd->have_content = 0;
+  lf_buf_reset(&rd->model);
+  lf_buf_reset(&rd->params);
+  lf_buf_reset(&rd->content);
+  answer_reset(&k->a);
+  answer_reset(&k->ev);
+  return k;
 }
 
 /* Points the fields of o into its buffer, now that it is written. */
@@ -879,24 +928,23 @@ static void resolve(struct lf_exchange_out *o, const struct spans *sp)
 int lf_exchange_fields(const struct lf_exchange *x,
                        struct lf_exchange_out *o)
 {
-  struct reading rd;
-  struct answer a, ev;
+  struct lf_exchange_work *k = work_start(o);
   struct writer w;
-  int result = LF_OK;
+  int result = k ? LF_OK : LF_ENOMEM;
   lf_buf_reset(&o->buf);
   o->left_out = 0;
-  reading_init(&rd, &a, &ev);
-  if(x->request.s)
-    result = read_request(&rd, &x->request);
+  if(!result && x->request.s)
+    result = read_request(&k->rd, &x->request);
   if(!result && x->answer.s)
-    result = read_any_answer(&a, &ev, &rd, x);
-  memset(&w, 0, sizeof(w));
+    result = read_any_answer(&k->a, &k->ev, &k->rd, x);
+  memset(&w.sp, 0, sizeof(w.sp));
   w.b = &o->buf;
-  lf_buf_init(&w.tmp, 0);
-  if(!result)
-    result = write_fields(&w, x, &rd, &a, &o->left_out);
-  lf_buf_free(&w.tmp);
-  reading_free(&rd, &a, &ev);
+  if(k) {
+    w.tmp = k->tmp;
+    if(!result)
+      result = write_fields(&w, x, &k->rd, &k->a, &o->left_out);
+    k->tmp = w.tmp;
+  }
   if(!result && !o->buf.data)
     result = lf_buf_addc(&o->buf, ' ');     /* never a NULL base */
   if(result) {

@@ -60,6 +60,9 @@ struct lf_exchange {
 #define LF_EX_BAD_INPUT 1u    /* the prompt is not valid UTF-8 */
 #define LF_EX_BAD_OUTPUT 2u   /* the answer is not valid UTF-8 */
 
+/* The buffers of a reading, kept from one call to the next. */
+struct lf_exchange_work;
+
 /* The fields of the trace and of the generation, pointing into buf. */
 struct lf_exchange_out {
   struct lf_fields trace;     /* name, userId, sessionId, tags,
@@ -70,10 +73,11 @@ struct lf_exchange_out {
                                  metadata */
   struct lf_buf buf;          /* owned */
   unsigned left_out;          /* LF_EX_* bits */
+  struct lf_exchange_work *work; /* owned; made by the first call */
 };
 
 void lf_exchange_out_init(struct lf_exchange_out *o);
-/* Frees the text the fields point into. */
+/* Frees the text the fields point into, and the kept buffers. */
 void lf_exchange_out_free(struct lf_exchange_out *o);
 
 /*

@@ -340,11 +340,35 @@ int lf_jread_skip(struct lf_jread *r)
 
 /* Reads a key and its colon; *which is the index of the key in names,
    or -1 for another key. */
+/* The index in names of the n bytes at k, or -1. */
+static int key_index(const char *const *names, const char *k, size_t n)
+{
+  int i;
+  for(i = 0; names[i]; i++) {
+    if(names[i][0] == k[0] && !strncmp(names[i], k, n) && !names[i][n])
+      return i;
+  }
+  return -1;
+}
+
 int lf_jread_key(struct lf_jread *r, const char *const *names,
                  int *which)
 {
+  const unsigned char *q;
   struct lf_jtext t;
-  int i, result;
+  int result;
+  if(lf_jread_peek(r) == '"') {
+    /* most keys hold no escape: compare them where they lie */
+    for(q = r->p + 1; q < r->end && *q != '"' && *q != '\\' && *q >= 0x20;
+        q++)
+      ;
+    if(q < r->end && *q == '"') {
+      *which = q == r->p + 1 ? -1 :
+        key_index(names, (const char *)r->p + 1, (size_t)(q - r->p - 1));
+      r->p = q + 1;
+      return lf_jread_take(r, ':');
+    }
+  }
   lf_buf_reset(&r->scratch);
   t.out = &r->scratch;
   t.keep = LF_JREAD_KEY_MAX;
@@ -354,13 +378,8 @@ int lf_jread_key(struct lf_jread *r, const char *const *names,
   if(result)
     return result;
   *which = -1;
-  for(i = 0; names[i]; i++) {
-    if(t.full == strlen(names[i]) && !t.nul &&
-       !memcmp(lf_buf_cstr(&r->scratch), names[i], t.full)) {
-      *which = i;
-      break;
-    }
-  }
+  if(t.full && t.full == r->scratch.len && !t.nul)
+    *which = key_index(names, r->scratch.data, t.full);
   return lf_jread_take(r, ':');
 }
 
