@@ -6,8 +6,9 @@
 ** uri, status, times, upstream variables, two headers) and the bodies it
 ** kept: the request (an OpenAI-style chat completion, Responses or
 ** completion request) and the answer (one JSON document, or a stream of
-** server-sent events, told apart by their first byte).  lf_exchange_fields reads the bodies with the
-** bounded reader of lf_jread.h, picks out the model, its parameters,
+** server-sent events, told apart by their first byte).
+** lf_exchange_fields reads the bodies with the bounded reader of
+** lf_jread.h, picks out the model, its parameters,
 ** the prompt, the answer, the token usage and an error message, and
 ** writes every field as JSON text ready for the span writers of
 ** lf_span.h.  Everything is built valid: text that is not UTF-8 is
