@@ -42,8 +42,8 @@
 --
 -- The client made in init_by_lua lives in the master; each worker
 -- inherits it through fork() and starts its own sender thread when it
--- first records.  On exit (HUP reload, QUIT, TERM) exit_worker builds
--- what is pending and sends what is queued, for at most the given
+-- first records.  On exit (HUP reload, QUIT, TERM) exit_worker sends
+-- what is queued, for at most the given
 -- seconds (plus, with a hung server, the HTTP timeout of the request in
 -- flight).  After TERM, nginx kills workers that are still there about
 -- 3 s later: stop with QUIT (nginx -s quit) to keep the whole bound.
