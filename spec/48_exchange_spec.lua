@@ -83,12 +83,14 @@ local function only_span(c)
 end
 
 
--- Flushes c and returns the bodies of the events the server accepted,
--- by type (each type once), and their envelopes.
+-- Flushes c and returns the bodies of the two events the server
+-- accepted, by type, and their envelopes.
 local function sent_events(c)
   assert.is_true(c:flush(FLUSH_WAIT))
+  local events = h.events().events
   local bodies, envelopes = {}, {}
-  for _, e in ipairs(h.events().events) do
+  assert.equal(2, #events)
+  for _, e in ipairs(events) do
     assert.is_nil(bodies[e.type], "two events of type " .. e.type)
     assert.is_nil(e.stripped, "the server dropped unknown keys")
     bodies[e.type] = e.body
@@ -106,10 +108,10 @@ end
 
 -- The attributes every exchange span has: its type, the trace's name
 -- and the trace metadata nginx gives (route and status).
-local function base_attributes(status, name)
+local function base_attributes(status)
   return {
     ["langfuse.observation.type"] = "generation",
-    ["langfuse.trace.name"] = name or "POST " .. ROUTE,
+    ["langfuse.trace.name"] = "POST " .. ROUTE,
     ["langfuse.trace.metadata.route"] = ROUTE,
     ["langfuse.trace.metadata.status"] = tostring(status or 200),
   }
@@ -360,6 +362,60 @@ describe("tracer:exchange", function()
       assert.same({ code = 2, message = message }, sp.status)
     end)
 
+    it("never carries one answer's error message to the next", function()
+      local c = client()
+      exchange(c, { status = 429,
+                    answer = '{"error":{"message":"first message"}}' })
+      exchange(c, { id = ID:sub(1, 31) .. "e", status = 500,
+                    answer = '{"error":{"code":"server_error"}}' })
+      local by_id = {}
+      for _, sp in ipairs(sent_spans(c)) do
+        by_id[sp.traceId] = sp.attributes
+      end
+      assert.equal("first message",
+                   by_id[ID]["langfuse.observation.status_message"])
+      assert.equal("HTTP 500", by_id[ID:sub(1, 31) .. "e"]
+                                 ["langfuse.observation.status_message"])
+    end)
+
+    it("reads an error sent as a server-sent event", function()
+      local c = client()
+      exchange(c, { status = 503, answer = 'data: {"error":{"message":'
+                    .. '"overloaded","type":"server_error"}}\n\n' })
+      local _, a = only_span(c)
+      assert.equal("ERROR", a["langfuse.observation.level"])
+      assert.equal("overloaded", a["langfuse.observation.status_message"])
+    end)
+
+    it("reads a Responses API stream from its response.completed event",
+       function()
+      local c = client()
+      local output = '[{"type":"message","role":"assistant","content":'
+        .. '[{"type":"output_text","text":"Hi there"}]}]'
+      local answer = 'event: response.created\n'
+        .. 'data: {"type":"response.created","response":{"id":"r1",'
+        .. '"model":"gpt-4.1","output":[],"usage":null}}\n\n'
+        .. 'event: response.output_text.delta\n'
+        .. 'data: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+        .. 'event: response.completed\n'
+        .. 'data: {"type":"response.completed","response":{"id":"r1",'
+        .. '"model":"gpt-4.1-2025-04-14","output":' .. output
+        .. ',"usage":{"input_tokens":7,"output_tokens":2,'
+        .. '"total_tokens":9}}}\n\n'
+      exchange(c, { request = '{"model":"gpt-4.1","input":"Hello",'
+                    .. '"max_output_tokens":50,"stream":true}',
+                    answer = answer })
+      local _, a = only_span(c)
+      assert.equal("gpt-4.1-2025-04-14",
+                   a["langfuse.observation.model.name"])
+      assert.equal('{"max_output_tokens":50,"stream":"true"}',
+                   a["langfuse.observation.model.parameters"])
+      assert.same({ input = 7, output = 2, total = 9 },
+                  cjson.decode(a["langfuse.observation.usage_details"]))
+      assert.equal("Hello", a["langfuse.observation.input"])
+      assert.equal(output, a["langfuse.observation.output"])
+    end)
+
     it("marks a 502 with no body ERROR with its status", function()
       local c = client()
       exchange(c, {
@@ -395,8 +451,9 @@ describe("tracer:exchange", function()
       local spans = sent_spans(c)
       assert.equal(5, #spans)
       for _, sp in ipairs(spans) do
+        local a = sp.attributes
         assert.equal(given[sp.traceId][2],
-                     sp.attributes["langfuse.observation.completion_start_time"])
+                     a["langfuse.observation.completion_start_time"])
       end
     end)
 
@@ -520,6 +577,9 @@ describe("tracer:exchange", function()
           'option "tags": expected an array of strings, got "a"' },
         { { metadata = { f = print } },
           'option "metadata.f": cannot encode a function' },
+        { { name = 5 }, 'option "name": expected a string, got number' },
+        { { generation_name = {} },
+          'option "generation_name": expected a string, got table' },
       }
       for _, case in ipairs(cases) do
         local ok, err = exchange(c, { request = CHAT_REQUEST,
@@ -648,32 +708,57 @@ describe("tracer:exchange", function()
       assert.equal(0, c:stats().failed)
     end)
 
-    it("sends a failed, cut stream's events valid as well", function()
+    it("sends a failed exchange's events valid as well", function()
       local c = client{ protocol = "ingestion" }
       local ok, note = exchange(c, {
         status = 503, header_time = "0.010, 0.004",
         upstream = "10.0.0.1:443", upstream_status = "503",
-        user = "al\xFFice", request = CHAT_REQUEST,
-        answer = 'data: {"error":{"message":"overloaded"}}\n\n',
-        truncated = true,
+        user = "al\xFFice", session = "s\xC3(1", request = CHAT_REQUEST,
+        answer = '{"error":{"message":"overloaded","type":"server_error"}}',
         opts = { name = "chat", generation_name = "openai" },
       })
       assert.is_true(ok)
       assert.is_nil(note)
       local bodies = sent_events(c)
-      local trace = bodies["trace-create"]
-      assert.equal("chat", trace.name)
-      assert.equal("al" .. REPLACEMENT .. "ice", trace.userId)
-      assert.same({ route = ROUTE, status = 503 }, trace.metadata)
-      assert.is_nil(trace.output)
+      local input = cjson.decode(MESSAGES)
+      assert.same({
+        id = ID, timestamp = START_ISO, name = "chat",
+        userId = "al" .. REPLACEMENT .. "ice",
+        sessionId = "s" .. REPLACEMENT .. "(1",
+        metadata = { route = ROUTE, status = 503 }, input = input,
+      }, bodies["trace-create"])
       local gen = bodies["generation-create"]
-      assert.equal("openai", gen.name)
-      assert.equal("ERROR", gen.level)
-      assert.equal("overloaded", gen.statusMessage)
-      assert.equal(FIRST_TOKEN_ISO, gen.completionStartTime)
-      assert.same({ upstream = "10.0.0.1:443", upstream_status = "503",
-                    body_truncated = true }, gen.metadata)
-      assert.is_true(absent(gen.parentObservationId))
+      assert.same({
+        id = gen.id, traceId = ID, name = "openai",
+        startTime = START_ISO, endTime = FINISH_ISO,
+        completionStartTime = FIRST_TOKEN_ISO, model = "gpt-4o",
+        modelParameters = { temperature = 0.7, max_tokens = 64,
+                            stream = "false", reasoning_effort = "low" },
+        input = input, level = "ERROR", statusMessage = "overloaded",
+        metadata = { upstream = "10.0.0.1:443", upstream_status = "503" },
+      }, gen)
+      assert.equal(0, c:stats().failed)
+    end)
+
+    it("sends a cut stream's answer as an assistant message", function()
+      local c = client{ protocol = "ingestion" }
+      exchange(c, {
+        request = '{"model":"gpt-4o","stream":true,"messages":'
+          .. MESSAGES .. '}',
+        answer = 'lta":{"content":"lost"}}]}\n\ndata: {"model":"gpt-4o",'
+          .. '"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"model":'
+          .. '"gpt-4o","choices":[{"delta":{"content":"!"}}]}\n\n'
+          .. 'data: [DONE]\n\n',
+        truncated = true,
+      })
+      local bodies = sent_events(c)
+      local output = { role = "assistant", content = "Hi!" }
+      assert.same(output, bodies["trace-create"].output)
+      local gen = bodies["generation-create"]
+      assert.same(output, gen.output)
+      assert.same({ stream = "true" }, gen.modelParameters)
+      assert.same({ body_truncated = true }, gen.metadata)
+      assert.is_nil(gen.usageDetails)
       assert.equal(0, c:stats().failed)
     end)
   end)

@@ -58,7 +58,7 @@ static const char *const request_keys[] = {
   "messages", "input", "prompt", "model",
   "temperature", "top_p", "max_tokens", "max_completion_tokens",
   "presence_penalty", "frequency_penalty", "seed", "n", "stream",
-  "reasoning_effort", NULL
+  "reasoning_effort", "max_output_tokens", NULL
 };
 #define PROMPT_KEYS 3
 #define FIRST_PARAM 4
@@ -72,9 +72,9 @@ static const char *const usage_keys[] = {
 static const int usage_slot[] = { U_INPUT, U_INPUT, U_OUTPUT, U_OUTPUT,
                                   U_TOTAL };
 
-enum { A_MODEL, A_USAGE, A_CHOICES, A_OUTPUT, A_ERROR };
+enum { A_MODEL, A_USAGE, A_CHOICES, A_OUTPUT, A_ERROR, A_RESPONSE };
 static const char *const answer_keys[] = {
-  "model", "usage", "choices", "output", "error", NULL
+  "model", "usage", "choices", "output", "error", "response", NULL
 };
 
 static const char *const message_key[] = { "message", NULL };
@@ -268,6 +268,7 @@ static void answer_reset(struct answer *a)
     a->usage_rank[i] = 0;
   }
   a->message.s = a->choices.s = a->output.s = NULL;
+  lf_buf_reset(&a->error);
   a->nchoices = 0;
   a->first_is_object = 0;
 }
@@ -347,6 +348,8 @@ static int error_member(struct lf_jread *r, int which, void *ud)
     read_short(r, &a->error, LF_EXCHANGE_MESSAGE_MAX, &a->have_error);
 }
 
+static int whole_member(struct lf_jread *r, int which, void *ud);
+
 /* A member of an answer; stream events share it (their choices carry
    deltas). */
 static int answer_member(struct lf_jread *r, int which, void *ud,
@@ -380,6 +383,11 @@ static int answer_member(struct lf_jread *r, int which, void *ud,
     result = lf_jread_members(r, message_key, error_member, a);
     a->have_error = a->have_error || a->error.len > 0;
     return result;
+  case A_RESPONSE:
+    /* the Responses API's last stream event holds the whole answer */
+    if(!stream || ch != '{')
+      return lf_jread_skip(r);
+    return lf_jread_members(r, answer_keys, whole_member, a);
   default:
     return lf_jread_skip(r);
   }
@@ -409,7 +417,8 @@ static int read_event(struct answer *a, const char *p, size_t n)
 }
 
 /* Takes what one stream event says into the final answer: the last
-   model and usage, and the text of its delta. */
+   model, usage, error and whole output, and the text of its delta.  The
+   output stays a piece of the answer's text, which outlives both. */
 static int merge_event(struct answer *res, struct reading *rd,
                        const struct answer *ev)
 {
@@ -425,6 +434,14 @@ static int merge_event(struct answer *res, struct reading *rd,
     for(i = 0; i < U_COUNT; i++)
       res->usage[i] = ev->usage[i];
   }
+  if(ev->have_error) {
+    lf_buf_reset(&res->error);
+    if(lf_buf_add(&res->error, ev->error.data, ev->error.len))
+      return LF_ENOMEM;
+    res->have_error = 1;
+  }
+  if(ev->output.s)
+    res->output = ev->output;
   if(ev->have_delta) {
     if(lf_buf_add(&rd->content, ev->delta.data, ev->delta.len))
       return LF_ENOMEM;
@@ -581,20 +598,44 @@ static int member_text(struct writer *w, const char *key,
   return result ? result : put_mended(w->b, &w->tmp, t->s, t->n);
 }
 
-/* The trace's metadata: route and status, then the caller's members. */
+static int own_key(struct lf_jread *r, int which, void *ud)
+{
+  unsigned *seen = ud;
+  if(which >= 0)
+    *seen |= 1u << which;
+  return lf_jread_skip(r);
+}
+
+/* Which of route (bit 0) and status (bit 1) the caller's metadata
+   object has. */
+static unsigned caller_keys(const struct lf_text *m)
+{
+  static const char *const names[] = { "route", "status", NULL };
+  struct lf_jread r;
+  unsigned seen = 0;
+  lf_jread_init(&r, m->s, m->n);
+  (void)lf_jread_members(&r, names, own_key, &seen);
+  lf_jread_free(&r);
+  return seen;
+}
+
+/* The trace's metadata: route and status, then the caller's members; a
+   key the caller gives replaces ours. */
 static int trace_metadata(struct writer *w, const struct lf_exchange *x)
 {
+  unsigned theirs = x->metadata.s ? caller_keys(&x->metadata) : 0;
   int first = 1, result;
   open_field(w);
   result = lf_buf_addc(w->b, '{');
-  if(!result)
+  if(!result && !(theirs & 1))
     result = member_text(w, "route", &x->route, &first);
-  if(!result)
+  if(!result && !(theirs & 2)) {
     result = put_key(w->b, "status", &first);
-  if(!result)
-    result = lf_json_int(w->b, x->status);
+    if(!result)
+      result = lf_json_int(w->b, x->status);
+  }
   if(!result && x->metadata.s && x->metadata.n > 2) {
-    result = lf_buf_addc(w->b, ',');
+    result = first ? LF_OK : lf_buf_addc(w->b, ',');
     if(!result)
       result = lf_buf_add(w->b, x->metadata.s + 1, x->metadata.n - 2);
   }

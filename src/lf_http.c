@@ -65,6 +65,8 @@ struct lf_http {
   int bad_config;             /* a configured value holds CR or LF */
   char errbuf[CURL_ERROR_SIZE];
   struct lf_buf gz;           /* the compressed body */
+  struct lf_buf gz_src;       /* what gz was compressed from: a retry of
+                                 the same body is not compressed again */
   struct lf_response *resp;   /* the answer being read */
   size_t received;            /* body bytes seen in this transfer */
   int too_large;              /* set when received passed the limit */
@@ -265,6 +267,7 @@ struct lf_http *lf_http_new(const struct lf_http_config *cfg)
   if(!h)
     return NULL;
   lf_buf_init(&h->gz, 0);
+  lf_buf_init(&h->gz_src, 0);
   h->secret_len = strlen(sk);
   h->secret = lf_strndup(sk, h->secret_len);
   h->curl = curl_easy_init();
@@ -298,6 +301,7 @@ void lf_http_free(struct lf_http *h)
   free(h->secret);
   free(h->cred);
   lf_buf_free(&h->gz);
+  lf_buf_free(&h->gz_src);
   free(h);
 }
 
@@ -540,8 +544,16 @@ int lf_http_post(struct lf_http *h, const char *url,
       return refuse(resp, "an extra header holds a line break");
   if(!body)
     body = "";
-  if(gzip && gzip_body(h, body, len))
-    return LF_ENOMEM;
+  if(gzip && !(len && h->gz.len && h->gz_src.len == len &&
+               !memcmp(h->gz_src.data, body, len))) {
+    lf_buf_reset(&h->gz_src);
+    if(gzip_body(h, body, len)) {
+      lf_buf_reset(&h->gz);
+      return LF_ENOMEM;
+    }
+    if(lf_buf_add(&h->gz_src, body, len))
+      lf_buf_free(&h->gz_src);          /* no copy: no reuse */
+  }
   if(gzip) {
     body = h->gz.data;
     len = h->gz.len;

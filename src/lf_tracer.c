@@ -1224,6 +1224,12 @@ static int exchange_options(lua_State *L, struct lf_tracer *t, int idx,
   x->name = opt_text(L, -1);
   lua_getfield(L, idx, "generation_name");
   x->gen_name = opt_text(L, -1);
+  if(!x->name.s && !lua_isnil(L, -2))
+    return opt_error(L, "option \"name\": expected a string, got %s",
+                     luaL_typename(L, -2));
+  if(!x->gen_name.s && !lua_isnil(L, -1))
+    return opt_error(L, "option \"generation_name\": expected a string, "
+                     "got %s", luaL_typename(L, -1));
   lua_getfield(L, idx, "tags");
   lua_getfield(L, idx, "metadata");
   if(!lua_isnil(L, -1) || !lua_isnil(L, -2)) {
