@@ -513,7 +513,8 @@ describe("tracer:exchange", function()
       assert.equal("s" .. REPLACEMENT .. "(1", a["session.id"])
     end)
 
-    it("leaves out a prompt that is not UTF-8 and says so", function()
+    it("leaves out a prompt that is not UTF-8 and says so in metadata",
+       function()
       local c = client()
       local ok, note = exchange(c, {
         request = '{"model":"gpt-4o","messages":[{"role":"user",'
@@ -521,8 +522,11 @@ describe("tracer:exchange", function()
         answer = CHAT_ANSWER,
       })
       assert.is_true(ok)
-      assert.equal("left out, not valid UTF-8: the prompt", note)
+      -- written later, on the sender thread: no note for the caller
+      assert.is_nil(note)
       local _, a = only_span(c)
+      assert.equal("the prompt: not valid UTF-8",
+                   a["langfuse.observation.metadata.left_out"])
       assert.is_nil(a["langfuse.observation.input"])
       assert.equal(MESSAGE, a["langfuse.observation.output"])
       assert.equal("gpt-4o-2024-08-06", a["langfuse.observation.model.name"])
@@ -530,7 +534,8 @@ describe("tracer:exchange", function()
                    a["langfuse.observation.model.parameters"])
     end)
 
-    it("leaves out an answer that is not UTF-8 and says so", function()
+    it("leaves out an answer that is not UTF-8 and says so in metadata",
+       function()
       local c = client()
       local ok, note = exchange(c, {
         request = '{"messages":[{"role":"user","content":"\xC0"}]}',
@@ -539,14 +544,36 @@ describe("tracer:exchange", function()
           .. '{"prompt_tokens":1,"completion_tokens":1}}',
       })
       assert.is_true(ok)
-      assert.equal("left out, not valid UTF-8: the prompt the answer",
-                   note)
+      assert.is_nil(note)
       local _, a = only_span(c)
+      assert.equal("the prompt and the answer: not valid UTF-8",
+                   a["langfuse.observation.metadata.left_out"])
       assert.is_nil(a["langfuse.observation.input"])
       assert.is_nil(a["langfuse.observation.output"])
       assert.equal("m", a["langfuse.observation.model.name"])
       assert.equal('{"input":1,"output":1}',
                    a["langfuse.observation.usage_details"])
+    end)
+
+    it("with a spool, writes the span at once and returns the note",
+       function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -m 700 " .. dir))
+      local c = client{ spool_dir = dir }
+      local ok, note = exchange(c, {
+        request = '{"messages":[{"role":"user","content":"\xC0"}]}',
+        answer = CHAT_ANSWER,
+      })
+      assert.is_true(ok)
+      assert.equal("left out, not valid UTF-8: the prompt", note)
+      local _, a = only_span(c)
+      assert.is_nil(a["langfuse.observation.input"])
+      assert.equal(MESSAGE, a["langfuse.observation.output"])
+      assert.equal("the prompt: not valid UTF-8",
+                   a["langfuse.observation.metadata.left_out"])
+      assert.is_true(c:shutdown(FLUSH_WAIT))
+      os.execute("rm -rf '" .. dir .. "'")
     end)
 
     it("records no prompt or answer when capture_io is false", function()

@@ -47,6 +47,7 @@ struct reading {
   struct lf_buf model;        /* the model asked for, decoded */
   int have_model;
   struct lf_buf params;       /* modelParameters members, comma-joined */
+  unsigned params_seen;       /* bit i: request key i is in params */
   struct lf_buf text;         /* a string being decoded */
   struct lf_buf content;      /* a stream's answer text */
   int have_content;
@@ -204,13 +205,15 @@ static int request_member(struct lf_jread *r, int which, void *ud)
 {
   struct reading *rd = ud;
   struct lf_text raw;
+  size_t mark;
   int result, ok;
   if(which < 0)
     return lf_jread_skip(r);
   if(which < PROMPT_KEYS) {
     result = raw_value(r, &raw);
-    if(!result && raw.n != 4 && which < rd->input_rank) {
-      rd->input = raw;                 /* null (4 bytes) is no prompt */
+    if(!result && which < rd->input_rank &&
+       !(raw.n == 4 && !memcmp(raw.s, "null", 4))) {
+      rd->input = raw;                 /* null is no prompt */
       rd->input_rank = which;
     }
     return result;
@@ -225,7 +228,13 @@ static int request_member(struct lf_jread *r, int which, void *ud)
     }
     return result;
   }
-  return read_param(r, request_keys[which], rd);
+  if(rd->params_seen >> which & 1)
+    return lf_jread_skip(r);           /* a repeated key: the first stays */
+  mark = rd->params.len;
+  result = read_param(r, request_keys[which], rd);
+  if(rd->params.len > mark)
+    rd->params_seen |= 1u << which;
+  return result;
 }
 
 /* Reads a whole document at r: one object, then nothing. */
@@ -457,6 +466,7 @@ static int read_stream(struct answer *res, struct answer *ev,
                        struct reading *rd, const struct lf_text *body)
 {
   const char *p = body->s, *end = body->s + body->n;
+  int result;
   while(p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *line = p;
@@ -466,8 +476,9 @@ static int read_stream(struct answer *res, struct answer *ev,
     if(eol - line < 5 || memcmp(line, "data:", 5))
       continue;
     line += 5;
-    if(read_event(ev, line, (size_t)(eol - line)) == LF_JS_NOMEM ||
-       merge_event(res, rd, ev))
+    result = read_event(ev, line, (size_t)(eol - line));
+    if(result == LF_JS_NOMEM ||
+       (result == LF_JS_OK && merge_event(res, rd, ev)))
       return LF_ENOMEM;
   }
   return LF_OK;
@@ -646,12 +657,18 @@ static int trace_metadata(struct writer *w, const struct lf_exchange *x)
   return result;
 }
 
-/* The generation's metadata: where the answer came from, and whether
-   it was cut. */
-static int gen_metadata(struct writer *w, const struct lf_exchange *x)
+/* The generation's metadata: where the answer came from, whether it
+   was cut, and what was left out (bad, LF_EX_* bits). */
+static int gen_metadata(struct writer *w, const struct lf_exchange *x,
+                        unsigned bad)
 {
+  static const char *const left_out[] = {
+    NULL, "\"the prompt: not valid UTF-8\"",
+    "\"the answer: not valid UTF-8\"",
+    "\"the prompt and the answer: not valid UTF-8\""
+  };
   int first = 1, result;
-  if(!x->upstream.s && !x->upstream_status.s && !x->truncated)
+  if(!x->upstream.s && !x->upstream_status.s && !x->truncated && !bad)
     return LF_OK;
   open_field(w);
   result = lf_buf_addc(w->b, '{');
@@ -664,6 +681,11 @@ static int gen_metadata(struct writer *w, const struct lf_exchange *x)
     result = put_key(w->b, "body_truncated", &first);
     if(!result)
       result = lf_buf_adds(w->b, "true");
+  }
+  if(!result && (bad & 3)) {
+    result = put_key(w->b, "left_out", &first);
+    if(!result)
+      result = lf_buf_adds(w->b, left_out[bad & 3]);
   }
   if(!result)
     result = lf_buf_addc(w->b, '}');
@@ -841,7 +863,7 @@ static int write_fields(struct writer *w, const struct lf_exchange *x,
   if(!result && x->header_time >= 0)
     result = time_field(w, x->start + x->header_time);
   if(!result)
-    result = gen_metadata(w, x);
+    result = gen_metadata(w, x, *bad);
   same_field(w, TRACE, LF_F_INPUT, GEN, LF_F_INPUT);
   same_field(w, TRACE, LF_F_OUTPUT, GEN, LF_F_OUTPUT);
   return result;
@@ -940,6 +962,7 @@ static struct lf_exchange_work *work_start(struct lf_exchange_out *o)
   rd->input.s = NULL;
   rd->input_rank = PROMPT_KEYS;
   rd->have_model = rd->have_content = 0;
+  rd->params_seen = 0;
   lf_buf_reset(&rd->model);
   lf_buf_reset(&rd->params);
   lf_buf_reset(&rd->content);

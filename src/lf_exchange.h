@@ -71,7 +71,8 @@ struct lf_exchange_out {
   struct lf_fields gen;       /* name, model, modelParameters,
                                  usageDetails, input, output, level,
                                  statusMessage, completionStartTime,
-                                 metadata */
+                                 metadata: upstream, upstream_status,
+                                 body_truncated, left_out */
   struct lf_buf buf;          /* owned */
   unsigned left_out;          /* LF_EX_* bits */
   struct lf_exchange_work *work; /* owned; made by the first call */

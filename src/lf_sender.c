@@ -112,6 +112,12 @@
    the thread sends bigger batches a moment later; CFS still gives the
    thread a share, so the queue drains under any load. */
 #define THREAD_NICE 5
+/* Bytes of written raw events kept between batches; a buffer grown past
+   it by a huge batch is freed. */
+#define BUILT_KEEP (4 * 1024 * 1024)
+/* Marks in built_at: an event that is not raw, and one not written. */
+#define NOT_RAW ((size_t)-1)
+#define NOT_BUILT ((size_t)-2)
 
 /* Bits of spool_dirty. */
 #define SYNC_SPOOL 1            /* appends to "spool" */
@@ -142,6 +148,8 @@ struct qitem {
   int spooled;            /* ref names a record of the "spool" handle */
   int route;              /* enum lf_route_kind */
   int fate;               /* enum fate, set when it settles */
+  int raw;                /* data is what the build hook turns into the
+                             JSON (lf_sender_enqueue_raw) */
   char *reason;           /* dead-letter reason (malloc'd), or NULL */
   char data[];            /* json, NUL, id, NUL */
 };
@@ -235,6 +243,10 @@ struct lf_sender {
   /* owned by the thread while it runs */
   struct lf_spool_claim *rp_claim; /* the segment replay reads */
   struct lf_item *items;  /* flush_at entries, the batch for lf_upload */
+  lf_build_fn build;      /* writes raw events; NULL for none */
+  void *build_ud;
+  struct lf_buf built;    /* the JSON of the batch's raw events */
+  size_t *built_at;       /* flush_at entries: where each one starts */
   double waited;          /* longest wait lf_upload asked for */
   struct lf_http *h;      /* made by the first enqueue */
 };
@@ -529,6 +541,8 @@ static int config_copy(struct lf_sender *s,
   s->leftover_ud = cfg->leftover_ud;
   s->log = cfg->log;
   s->log_ud = cfg->log_ud;
+  s->build = cfg->build;
+  s->build_ud = cfg->build_ud;
   s->spool_dir = dup_opt(cfg->spool_dir, &bad);
   if(s->spool_dir && !bad) {
     s->spool = lf_durable_new(s->spool_dir, &cfg->spool);
@@ -1106,6 +1120,43 @@ static uint64_t spool_settle(struct lf_sender *s, int route,
   return dead;
 }
 
+/*
+** Writes the JSON of the raw events among the n of the batch in flight
+** (lock not held: the batch is the thread's own) into s->built, and
+** points their items at it.  One the hook cannot write is left with no
+** JSON, and lf_upload fails it.  A batch rate-limited back into the
+** queue is written again when it next goes.
+*/
+static void build_raw(struct lf_sender *s, size_t n)
+{
+  const struct qitem *it = s->inflight;
+  size_t i, start;
+  int any = 0;
+  if(s->built.cap > BUILT_KEEP)
+    lf_buf_free(&s->built);
+  lf_buf_reset(&s->built);
+  for(i = 0; i < n && it; i++, it = it->next) {
+    s->built_at[i] = NOT_RAW;
+    if(!it->raw)
+      continue;
+    any = 1;
+    start = s->built.len;
+    if(s->build && !s->build(s->build_ud, it->data, it->len, &s->built))
+      s->built_at[i] = start;
+    else
+      s->built_at[i] = NOT_BUILT;
+    if(s->built_at[i] == NOT_BUILT)
+      s->built.len = start;
+    s->items[i].len = s->built.len - start;
+  }
+  for(i = 0; any && i < n; i++) {
+    if(s->built_at[i] == NOT_BUILT)
+      s->items[i].json = NULL;
+    else if(s->built_at[i] != NOT_RAW)
+      s->items[i].json = s->built.data + s->built_at[i];
+  }
+}
+
 /* Sends one batch of a route (lock held on entry and on return; let go
    while uploading and while calling the hooks). */
 static void send_batch(struct lf_sender *s, int route)
@@ -1118,6 +1169,7 @@ static void send_batch(struct lf_sender *s, int route)
   uint64_t dead = 0;
   int result, acked = 0;
   pthread_mutex_unlock(&s->lock);
+  build_raw(s, n);
   spool_sync(s);
   opts.sleep = sender_sleep;
   opts.sleep_ud = s;
@@ -1583,10 +1635,12 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg)
   if(config_copy(s, cfg))
     goto fail;
   s->items = calloc(s->flush_at, sizeof(*s->items));
+  s->built_at = calloc(s->flush_at, sizeof(*s->built_at));
   s->fails = calloc(cfg->max_failures, sizeof(*s->fails));
   s->fail_cap = cfg->max_failures;
   s->last_route = ROUTES - 1;
-  if(!s->items || !s->fails)
+  lf_buf_init(&s->built, 0);
+  if(!s->items || !s->built_at || !s->fails)
     goto fail;
   if(sync_init(s))
     goto fail;
@@ -1596,6 +1650,7 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg)
   return s;
 fail:
   free(s->items);
+  free(s->built_at);
   free(s->fails);
   lf_durable_free(s->spool);
   lf_durable_free(s->overflow);
@@ -1774,19 +1829,22 @@ static int enqueue_spooled(struct lf_sender *s, int route, struct qitem *it)
 
 /* The copy is made before the lock is taken; on any refusal it is freed
    here.  The caller's bytes are never kept. */
-int lf_sender_enqueue(struct lf_sender *s, int route,
-                      const char *json, size_t len,
-                      const char *id, size_t idlen)
+/* lf_sender_enqueue and lf_sender_enqueue_raw. */
+static int enqueue(struct lf_sender *s, int route, const char *json,
+                   size_t len, const char *id, size_t idlen, int raw)
 {
   struct qitem *it = NULL;
   int result = LF_EINVAL;
   check_fork(s, 0);
   if(!id)
     idlen = 0;
-  if(route >= 0 && route < ROUTES && s->routes[route].url) {
+  if(route >= 0 && route < ROUTES && s->routes[route].url &&
+     (!raw || (s->build && !s->spool))) {
     it = item_new(json, len, id, idlen);
     result = it ? LF_OK : LF_ENOMEM;
   }
+  if(it)
+    it->raw = raw;
   if(it && s->spool) {
     it->route = route;
     return enqueue_spooled(s, route, it);
@@ -1800,6 +1858,20 @@ int lf_sender_enqueue(struct lf_sender *s, int route,
   if(result)
     free(it);
   return result;
+}
+
+int lf_sender_enqueue(struct lf_sender *s, int route,
+                      const char *json, size_t len,
+                      const char *id, size_t idlen)
+{
+  return enqueue(s, route, json, len, id, idlen, 0);
+}
+
+int lf_sender_enqueue_raw(struct lf_sender *s, int route,
+                          const char *raw, size_t len,
+                          const char *id, size_t idlen)
+{
+  return enqueue(s, route, raw, len, id, idlen, 1);
 }
 
 /* Whether an event numbered at most target is still held (lock held). */
@@ -1954,6 +2026,8 @@ void lf_sender_free(struct lf_sender *s)
     lf_http_free(s->h);
   lf_items_clear(s->items, s->flush_at);
   free(s->items);
+  free(s->built_at);
+  lf_buf_free(&s->built);
   free(s->fails);
   lf_durable_free(s->spool);
   lf_durable_free(s->overflow);

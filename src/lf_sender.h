@@ -133,6 +133,13 @@ typedef void (*lf_leftover_fn)(void *ud, int route, const char *json,
 /* Called with a message the host may log; never with a secret. */
 typedef void (*lf_log_fn)(void *ud, int level, const char *message);
 
+/* Appends to out the JSON of an event queued raw (lf_sender_enqueue_raw)
+   from the len bytes the caller queued.  Runs on the sender thread only,
+   with no lock held.  Returns LF_OK, or LF_ENOMEM (out is then cut back
+   by the sender, and the event fails). */
+typedef int (*lf_build_fn)(void *ud, const char *raw, size_t len,
+                           struct lf_buf *out);
+
 struct lf_sender_config {
   struct lf_http_config http;  /* timeout 0: LF_SENDER_HTTP_TIMEOUT */
   struct lf_route ingestion;   /* url NULL: the route is off */
@@ -157,6 +164,10 @@ struct lf_sender_config {
      not touch a Lua state.  NULL: no logging. */
   lf_log_fn log;
   void *log_ud;
+  /* Writes the events queued raw; NULL: lf_sender_enqueue_raw refuses
+     every event. */
+  lf_build_fn build;
+  void *build_ud;
   /* The durable spool: a directory (copied), NULL for none, and its
      options (the log hook there is ignored). */
   const char *spool_dir;
@@ -253,6 +264,18 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg);
 int lf_sender_enqueue(struct lf_sender *s, int route,
                       const char *json, size_t len,
                       const char *id, size_t idlen);
+
+/*
+** lf_sender_enqueue for bytes that are not yet the event's JSON: the
+** sender thread turns them into it with the build hook, just before the
+** event's first request, so that the caller's thread only copies them.
+** The queue's byte bound counts the raw bytes.  LF_EINVAL (the event
+** dropped) when there is no build hook or there is a spool: a spool
+** keeps only JSON that can be replayed.
+*/
+int lf_sender_enqueue_raw(struct lf_sender *s, int route,
+                          const char *raw, size_t len,
+                          const char *id, size_t idlen);
 
 /*
 ** Waits until every event enqueued before the call is delivered or has

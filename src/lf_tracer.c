@@ -182,8 +182,20 @@ static const struct option options[] = {
 
 #define OPTION_COUNT (sizeof(options) / sizeof(options[0]))
 
+/* What the sender thread needs to write an exchange queued raw: its own
+   buffers (the caller's thread uses the tracer's), and the tracer's
+   defaults, which never change once it is made. */
+struct exbuild {
+  struct lf_exchange_out ex;
+  struct lf_buf ctx;
+  const char *env_json;
+  const char *release_json;
+};
+
 struct lf_tracer {
   struct lf_sender *sender;   /* owned; NULL when tracing is off */
+  int deferred;               /* exchanges are written by the sender */
+  struct exbuild xb;          /* the sender thread's, when deferred */
   int protocol;               /* enum protocol */
   int report;                 /* drain failures after each record */
   double sample_rate;
@@ -1196,6 +1208,156 @@ static int t_score(lua_State *L)
 }
 
 /* Pushes the result of a flush or shutdown: true, or false. */
+/* The texts of an exchange queued raw, in the order they follow its
+   head. */
+enum {
+  R_METHOD, R_ROUTE, R_UPSTREAM, R_UPSTREAM_STATUS, R_USER, R_SESSION,
+  R_REQUEST, R_ANSWER, R_NAME, R_GEN_NAME, R_TAGS, R_METADATA, R_COUNT
+};
+/* The length of a text that is absent. */
+#define R_ABSENT UINT32_MAX
+
+/* The head of an exchange queued raw; its texts follow it. */
+struct exrec {
+  double start, finish, header_time;
+  int status, truncated, capture_io;
+  char trace_id[32];
+  char span_id[16];
+  uint32_t len[R_COUNT];
+};
+
+/* The texts of x in record order. */
+static void exchange_texts(struct lf_exchange *x, struct lf_text **t)
+{
+  t[R_METHOD] = &x->method;
+  t[R_ROUTE] = &x->route;
+  t[R_UPSTREAM] = &x->upstream;
+  t[R_UPSTREAM_STATUS] = &x->upstream_status;
+  t[R_USER] = &x->user;
+  t[R_SESSION] = &x->session;
+  t[R_REQUEST] = &x->request;
+  t[R_ANSWER] = &x->answer;
+  t[R_NAME] = &x->name;
+  t[R_GEN_NAME] = &x->gen_name;
+  t[R_TAGS] = &x->tags;
+  t[R_METADATA] = &x->metadata;
+}
+
+/* Writes x as a raw record into b.  LF_ETOOBIG for a text of 4 GB or
+   more, LF_ENOMEM. */
+static int exchange_record(struct lf_buf *b, struct lf_exchange *x,
+                           const char *trace_id, const char *span_id)
+{
+  struct lf_text *t[R_COUNT];
+  struct exrec h;
+  int i, result;
+  memset(&h, 0, sizeof(h));
+  h.start = x->start;
+  h.finish = x->finish;
+  h.header_time = x->header_time;
+  h.status = x->status;
+  h.truncated = x->truncated;
+  h.capture_io = x->capture_io;
+  memcpy(h.trace_id, trace_id, 32);
+  memcpy(h.span_id, span_id, 16);
+  exchange_texts(x, t);
+  for(i = 0; i < R_COUNT; i++) {
+    if(t[i]->s && t[i]->n >= R_ABSENT)
+      return LF_ETOOBIG;
+    h.len[i] = t[i]->s ? (uint32_t)t[i]->n : R_ABSENT;
+  }
+  lf_buf_reset(b);
+  result = lf_buf_add(b, &h, sizeof(h));
+  for(i = 0; i < R_COUNT && !result; i++)
+    if(t[i]->s)
+      result = lf_buf_add(b, t[i]->s, t[i]->n);
+  return result;
+}
+
+/* The build hook of the sender (lf_build_fn): writes the span of an
+   exchange queued raw, on the sender thread. */
+static int build_exchange(void *ud, const char *raw, size_t len,
+                          struct lf_buf *out)
+{
+  struct exbuild *xb = ud;
+  struct lf_text *t[R_COUNT];
+  struct lf_exchange x;
+  struct lf_span s;
+  struct exrec h;
+  size_t at = sizeof(h);
+  int i, why, result;
+  if(len < sizeof(h))
+    return LF_ENOMEM;               /* never: the tracer wrote it */
+  memcpy(&h, raw, sizeof(h));
+  memset(&x, 0, sizeof(x));
+  exchange_texts(&x, t);
+  for(i = 0; i < R_COUNT; i++) {
+    if(h.len[i] == R_ABSENT)
+      continue;
+    if(h.len[i] > len - at)
+      return LF_ENOMEM;
+    t[i]->s = raw + at;
+    t[i]->n = h.len[i];
+    at += h.len[i];
+  }
+  x.start = h.start;
+  x.finish = h.finish;
+  x.header_time = h.header_time;
+  x.status = h.status;
+  x.truncated = h.truncated;
+  x.capture_io = h.capture_io;
+  result = lf_exchange_fields(&x, &xb->ex);
+  lf_buf_reset(&xb->ctx);
+  if(!result)
+    result = lf_span_trace_ctx(&xb->ctx, &xb->ex.trace, xb->env_json,
+                               xb->release_json);
+  memset(&s, 0, sizeof(s));
+  s.type = LF_OBS_GENERATION;
+  s.trace_id = h.trace_id;
+  s.span_id = h.span_id;
+  s.start = h.start;
+  s.end = h.finish;
+  s.f = &xb->ex.gen;
+  s.ctx = xb->ctx.data;
+  s.ctx_len = xb->ctx.len;
+  if(!result)
+    result = lf_span_otlp(out, &s, &why);
+  if(xb->ex.buf.cap > SCRATCH_KEEP)
+    lf_buf_free(&xb->ex.buf);
+  if(xb->ctx.cap > SCRATCH_KEEP)
+    lf_buf_free(&xb->ctx);
+  return result ? LF_ENOMEM : LF_OK;
+}
+
+/* Queues x raw, for the sender thread to write (deferred tracers).
+   Returns 0, or 1 when x must be written here instead (a time that
+   cannot be sent: the writer reports it). */
+static int defer_exchange(struct lf_tracer *t, struct lf_exchange *x,
+                          const char *id)
+{
+  char span_id[LF_HEX_ID_MAX + 1];
+  int64_t ns;
+  int result;
+  if(lf_epoch_to_ns(x->start, &ns) || lf_epoch_to_ns(x->finish, &ns))
+    return 1;
+  hex_id(t, span_id, 8);
+  result = exchange_record(&t->out, x, id, span_id);
+  if(!result && t->out.len > t->encode.max_event_bytes)
+    result = LF_ETOOBIG;
+  if(result) {
+    char msg[LF_SENDER_MESSAGE_MAX];
+    snprintf(msg, sizeof(msg), "exchange of %zu bytes not recorded: %s",
+             t->out.len, result == LF_ENOMEM ? "out of memory"
+                                             : "exceeds max_event_bytes");
+    local_failure(t, LF_ROUTE_OTLP, LF_KIND_TOO_LARGE, span_id, 16, msg);
+  } else {
+    (void)lf_sender_enqueue_raw(t->sender, LF_ROUTE_OTLP, t->out.data,
+                                t->out.len, span_id, 16);
+  }
+  trim(&t->out);
+  return 0;
+}
+
 /* An optional string argument as text (s NULL when nil). */
 static struct lf_text opt_text(lua_State *L, int idx)
 {
@@ -1346,6 +1508,10 @@ static int t_exchange(lua_State *L)
     t->sampled_out++;
     return 1;
   }
+  if(t->deferred && !defer_exchange(t, &x, id)) {
+    lua_pushnil(L);
+    return done(L, t, 2);
+  }
   if(lf_exchange_fields(&x, &t->ex))
     return luaL_error(L, "langfuse: out of memory");
   failed = record_exchange(L, t, id, &x, &t->ex);
@@ -1469,6 +1635,10 @@ static int t_gc(lua_State *L)
   lf_buf_free(&t->out);
   lf_buf_free(&t->ctx);
   lf_exchange_out_free(&t->ex);
+  if(t->deferred) {
+    lf_exchange_out_free(&t->xb.ex);
+    lf_buf_free(&t->xb.ctx);
+  }
   lf_problems_free(&t->probs);
   return 0;
 }
@@ -1591,6 +1761,15 @@ static int new_tracer(lua_State *L)
   t->release_json = json_text(L, &t->body, lf_cfg_string(L, "release"));
   if(lf_cfg_bool(L, "enabled", 1)) {
     read_sender_config(L, t, &sc);
+    if(t->protocol == PROTO_OTLP && !sc.spool_dir) {
+      t->deferred = 1;
+      lf_exchange_out_init(&t->xb.ex);
+      lf_buf_init(&t->xb.ctx, 0);
+      t->xb.env_json = t->env_json;
+      t->xb.release_json = t->release_json;
+      sc.build = build_exchange;
+      sc.build_ud = &t->xb;
+    }
     t->sender = lf_sender_new(&sc);
     if(!t->sender)
       return luaL_error(L, "new_tracer: the sender could not be made "

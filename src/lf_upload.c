@@ -660,7 +660,11 @@ static size_t start_items(struct upload *u, size_t *cur)
     it->status = 0;
     it->retryable = 0;
     it->attempts = 0;
-    if(max && (u->framing > max || it->len > max - u->framing)) {
+    if(!it->json) {
+      msg = "the event could not be written: out of memory";
+      fail(u, it, LF_KIND_VALIDATION, 0, 0, msg);
+      keep_text(u, &u->rep->message, msg);
+    } else if(max && (u->framing > max || it->len > max - u->framing)) {
       msg = compose(u, &u->msg, "event of %zu bytes cannot fit in a "
                     "request of at most %zu bytes", it->len, max);
       fail(u, it, LF_KIND_TOO_LARGE, 0, 0, msg);

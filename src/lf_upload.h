@@ -48,7 +48,8 @@ enum lf_outcome {
    reads them.  message is set by lf_upload (malloc'd, caller frees with
    lf_items_clear or free()). */
 struct lf_item {
-  const char *json;      /* the encoded event, no trailing separator */
+  const char *json;      /* the encoded event, no trailing separator;
+                            NULL: it could not be written, and fails */
   size_t len;
   const char *id;        /* envelope id, NUL-terminated; matches 207s */
   size_t index;          /* the caller's 1-based position, for reports */
