@@ -1467,7 +1467,10 @@ static int record_exchange(lua_State *L, struct lf_tracer *t,
    truncated, capture_io, opts) -> true [, note]: one request proxied to
    an LLM API as a trace with a generation (lf_exchange.h).  id is the
    trace id (32 hex; another value gets a new one); opts may give name,
-   generation_name, tags and metadata. */
+   generation_name, tags and metadata.  Unlike the other methods it
+   never returns the sender's failures: on a busy gateway whose Langfuse
+   is away they would cost every request; stats() (the nginx helper's
+   report timer) hands them over. */
 static int t_exchange(lua_State *L)
 {
   struct lf_tracer *t = check_tracer(L);
@@ -1510,7 +1513,7 @@ static int t_exchange(lua_State *L)
   }
   if(t->deferred && !defer_exchange(t, &x, id)) {
     lua_pushnil(L);
-    return done(L, t, 2);
+    return 2;
   }
   if(lf_exchange_fields(&x, &t->ex))
     return luaL_error(L, "langfuse: out of memory");
@@ -1526,7 +1529,7 @@ static int t_exchange(lua_State *L)
                                                         : "");
   else
     lua_pushnil(L);
-  return done(L, t, 2);
+  return 2;
 }
 
 static int waited(lua_State *L, struct lf_tracer *t, int result)

@@ -36,9 +36,12 @@
 -- the worker's thread (microseconds) and hands the bytes to the client's
 -- sender thread, which does every network exchange; a slow or dead
 -- Langfuse server never holds up a request.  trace_request is one call
--- into the C core, which reads the two bodies in place (no Lua tables)
--- and writes the trace as one span: the generation, as the trace's root
+-- into the C core, which only copies nginx's facts and the two bodies;
+-- the sender thread reads the bodies (in C, no Lua tables) and writes
+-- the trace as one span: the generation, as the trace's root
 -- observation, carrying the trace's name, user, session and metadata.
+-- Delivery problems reach on_error from the report timer that
+-- init_worker starts, not from the requests.
 --
 -- The client made in init_by_lua lives in the master; each worker
 -- inherits it through fork() and starts its own sender thread when it
@@ -65,7 +68,6 @@
 
 local langfuse = require("langfuse")
 local core = require("langfuse.core")
-local tracing = require("langfuse.tracing")
 
 local ngx = ngx
 local type = type
@@ -235,9 +237,11 @@ local function answer_of(kept, max)
 end
 
 
--- Records the current request as a trace with a generation: takes
--- nginx's facts and the kept bodies, and hands them to the C core,
--- which reads the bodies and queues the span for the sender thread.
+-- Records the current request as a trace with a generation: hands
+-- nginx's facts and the kept bodies to the C core, which copies them
+-- into the sender's queue; the sender thread reads the bodies and writes
+-- the span.  With a spool the span is written here, before the call
+-- returns, so that the spool holds it.
 local function record_request(opts)
   local var = ngx.var
   local max = settings.max_body_bytes
@@ -246,7 +250,7 @@ local function record_request(opts)
     body = nil
   end
   local answer, truncated = answer_of(ngx.ctx.langfuse_body, max)
-  local ok, note, fails = exchange(tracer, var.request_id,
+  local ok, note = exchange(tracer, var.request_id,
     get_method(), var.uri, ngx.status, start_time(), ngx.now(),
     var.upstream_header_time, var.upstream_addr, var.upstream_status,
     header(opts.user_header), header(opts.session_header), body, answer,
@@ -256,9 +260,6 @@ local function record_request(opts)
     failure("trace_request", note)
   elseif note then
     log(WARN, TAG, "request ", var.request_id, ": ", note)
-  end
-  if fails then
-    tracing.report(client, fails)
   end
 end
 
