@@ -124,7 +124,7 @@ clean:
 # fuzz-regress" replays the committed inputs once each, without clang.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS  = encode resp spool
+FUZZ_TARGETS  = encode resp spool exchange
 FUZZ_FLAGS    = -std=c99 -D_GNU_SOURCE $(WARN) -O1 -g \
                 -fsanitize=fuzzer,address,undefined \
                 -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -137,6 +137,10 @@ FUZZ_SRCS_resp   = fuzz/fuzz_resp.c src/lf_resp.c src/lf_jread.c \
 FUZZ_LIBS_resp   = -lcurl -lz -lm
 FUZZ_SRCS_spool  = fuzz/fuzz_spool.c src/lf_spool.c src/lf_buf.c
 FUZZ_LIBS_spool  = -lz -lpthread
+FUZZ_SRCS_exchange = fuzz/fuzz_exchange.c fuzz/json_check.c \
+                     src/lf_exchange.c src/lf_jread.c src/lf_json.c \
+                     src/lf_time.c src/lf_span.c src/lf_buf.c
+FUZZ_LIBS_exchange = -I$(LUA54_INC) -lm
 
 .PHONY: fuzz-build fuzz-regress install-bin
 

@@ -42,32 +42,13 @@
 /* Room for a directory path under the test root. */
 #define DIR_LEN 1024
 
-static int passed, failed;
 static char root[512];
 /* A spool a child leaves open on purpose when it plays dead: kept
    reachable so that valgrind does not count it as leaked. */
 static struct lf_spool *volatile abandoned;
 static uint64_t rng;
 
-#define CHECK(c, ...) check(!!(c), __LINE__, __VA_ARGS__)
-
-static void check(int ok, int line, const char *fmt, ...)
-  __attribute__((format(printf, 3, 4)));
-static void check(int ok, int line, const char *fmt, ...)
-{
-  va_list ap;
-  if(ok) {
-    passed++;
-    return;
-  }
-  failed++;
-  fprintf(stdout, "FAIL line %d: ", line);
-  va_start(ap, fmt);
-  vfprintf(stdout, fmt, ap);
-  va_end(ap);
-  fputc('\n', stdout);
-  fflush(stdout);
-}
+#include "check.h"
 
 static uint64_t rnd(void)
 {

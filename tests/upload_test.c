@@ -37,25 +37,7 @@
 static const char *server;
 static const char *tls_server;     /* the server's https base, or NULL */
 static const char *tls_ca;         /* its certificate */
-static int passed, failed;
-
-static void check(int ok, int line, const char *fmt, ...) LF_PRINTF(3, 4);
-static void check(int ok, int line, const char *fmt, ...)
-{
-  va_list ap;
-  if(ok) {
-    passed++;
-    return;
-  }
-  failed++;
-  fprintf(stderr, "FAIL line %d: ", line);
-  va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-}
-
-#define CHECK(cond, ...) check((cond) != 0, __LINE__, __VA_ARGS__)
+#include "check.h"
 
 static double now_mono(void)
 {
