@@ -29,7 +29,8 @@ struct answer {
   long long usage[U_COUNT];   /* -1 when absent */
   int usage_rank[U_COUNT];    /* the key that gave it: lower wins */
   int have_usage;
-  struct lf_text message;     /* raw JSON of choices[0].message */
+  struct lf_text message;     /* raw JSON of choices[0].message, or of
+                                 its text (legacy completions) */
   struct lf_text choices;     /* raw JSON of the choices array */
   size_t nchoices;
   int first_is_object;        /* choices[0] is an object */
@@ -79,6 +80,9 @@ static const char *const answer_keys[] = {
 };
 
 static const char *const message_key[] = { "message", NULL };
+/* What a choice of a whole answer holds: a chat message, or a legacy
+   completion's text. */
+static const char *const choice_keys[] = { "message", "text", NULL };
 static const char *const delta_key[] = { "delta", NULL };
 static const char *const content_key[] = { "content", NULL };
 
@@ -302,7 +306,14 @@ static int usage_member(struct lf_jread *r, int which, void *ud)
 static int message_member(struct lf_jread *r, int which, void *ud)
 {
   struct answer *a = ud;
-  return which < 0 ? lf_jread_skip(r) : raw_value(r, &a->message);
+  struct lf_text t;
+  int result;
+  if(which < 0 || (which == 1 && a->message.s))
+    return lf_jread_skip(r);
+  result = raw_value(r, &t);
+  if(!result && (which == 0 || !a->message.s))
+    a->message = t;                 /* a message wins over a text */
+  return result;
 }
 
 static int content_member(struct lf_jread *r, int which, void *ud)
@@ -339,7 +350,7 @@ static int choice_element(struct lf_jread *r, size_t i, void *ud)
   if(i > 0 || lf_jread_peek(r) != '{')
     return lf_jread_skip(r);
   a->first_is_object = 1;
-  result = lf_jread_members(r, message_key, message_member, a);
+  result = lf_jread_members(r, choice_keys, message_member, a);
   return result;
 }
 
@@ -390,7 +401,7 @@ static int answer_member(struct lf_jread *r, int which, void *ud,
       return lf_jread_skip(r);
     /* a cut message is still worth showing */
     result = lf_jread_members(r, message_key, error_member, a);
-    a->have_error = a->have_error || a->error.len > 0;
+    a->have_error = a->error.len > 0;    /* "" says nothing */
     return result;
   case A_RESPONSE:
     /* the Responses API's last stream event holds the whole answer */

@@ -407,13 +407,13 @@ static void test_completion(void)
   RUN(&x);
   WANT_TRACE("name", "\"POST /v1/completions\"",
              "metadata", "{\"route\":\"/v1/completions\",\"status\":200}");
-  /* the only choice has no message: a legacy completion's text is not
-     taken as the output */
+  /* the only choice has no message: a legacy completion's text is the
+     output */
   WANT_GEN("name", "\"/v1/completions\"",
            "model", "\"gpt-3.5-turbo-instruct\"",
            "modelParameters", "{\"max_tokens\":5,\"temperature\":0}",
            "usageDetails", "{\"input\":2,\"output\":1,\"total\":3}",
-           "input", "\"Say hi\"");
+           "input", "\"Say hi\"", "output", "\" hi\"");
   WANT_LEFT_OUT(0);
 }
 
