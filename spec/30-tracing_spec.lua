@@ -6,13 +6,7 @@ local cjson = h.cjson
 local FLUSH_WAIT = 10
 
 
-local function client(opts)
-  local o = { flush_interval = 0.05 }
-  for k, v in pairs(opts or {}) do
-    o[k] = v
-  end
-  return h.client(o)
-end
+local client = h.tracing_client
 
 
 -- Flushes c and returns the spans the server holds, by span id.

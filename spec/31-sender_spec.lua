@@ -19,13 +19,7 @@ local KEPT_AT_HALF = {
 }
 
 
-local function client(opts)
-  local o = { flush_interval = 0.05 }
-  for k, v in pairs(opts or {}) do
-    o[k] = v
-  end
-  return h.client(o)
-end
+local client = h.tracing_client
 
 
 -- Threads of this process now.

@@ -47,13 +47,7 @@ local OTLP_PATH = "/api/public/otel/v1/traces"
 local INGESTION_PATH = "/api/public/ingestion"
 
 
-local function client(opts)
-  local o = { flush_interval = 0.05 }
-  for k, v in pairs(opts or {}) do
-    o[k] = v
-  end
-  return h.client(o)
-end
+local client = h.tracing_client
 
 
 -- Calls c's exchange with the fields of x, over a 200 POST to ROUTE

@@ -89,6 +89,16 @@ function _M.client(opts)
 end
 
 
+-- A client as _M.client makes, whose sender flushes every 50 ms.
+function _M.tracing_client(opts)
+  local o = { flush_interval = 0.05 }
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  return _M.client(o)
+end
+
+
 local seq = 0
 
 -- A valid event of the given type with a fresh id.

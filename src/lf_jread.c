@@ -383,58 +383,61 @@ int lf_jread_key(struct lf_jread *r, const char *const *names,
   return lf_jread_take(r, ':');
 }
 
+/* What open_items and next_item give when another item follows. */
+#define MORE (-1)
+
+/* Takes a container's opening byte; gives LF_JS_OK when close follows at
+   once (taken too), MORE when items follow, or an error. */
+static int open_items(struct lf_jread *r, int open, int close)
+{
+  int result = lf_jread_take(r, open);
+  if(result)
+    return result;
+  if(lf_jread_peek(r) == close) {
+    r->p++;
+    return LF_JS_OK;
+  }
+  return MORE;
+}
+
+/* Takes what follows an item: LF_JS_OK at close, MORE after a comma. */
+static int next_item(struct lf_jread *r, int close)
+{
+  int ch = lf_jread_peek(r);
+  if(ch < 0)
+    return LF_JS_END;
+  r->p++;
+  if(ch == close)
+    return LF_JS_OK;
+  return ch == ',' ? MORE : LF_JS_BAD;
+}
+
 /* Reads an object member by member: f gets each value, with the index
    of its key in names (-1 for another key, which f may skip). */
 int lf_jread_members(struct lf_jread *r, const char *const *names,
                      int (*f)(struct lf_jread *, int, void *), void *ud)
 {
-  int ch, which, result = lf_jread_take(r, '{');
-  if(result)
-    return result;
-  if(lf_jread_peek(r) == '}') {
-    r->p++;
-    return LF_JS_OK;
-  }
-  for(;;) {
+  int which, result = open_items(r, '{', '}');
+  while(result == MORE) {
     result = lf_jread_key(r, names, &which);
     if(!result)
       result = f(r, which, ud);
-    if(result)
-      return result;
-    ch = lf_jread_peek(r);
-    if(ch < 0)
-      return LF_JS_END;
-    r->p++;
-    if(ch == '}')
-      return LF_JS_OK;
-    if(ch != ',')
-      return LF_JS_BAD;
+    if(!result)
+      result = next_item(r, '}');
   }
+  return result;
 }
 
 int lf_jread_elements(struct lf_jread *r,
                       int (*f)(struct lf_jread *, size_t, void *),
                       void *ud)
 {
-  size_t i;
-  int ch, result = lf_jread_take(r, '[');
-  if(result)
-    return result;
-  if(lf_jread_peek(r) == ']') {
-    r->p++;
-    return LF_JS_OK;
+  size_t i = 0;
+  int result = open_items(r, '[', ']');
+  while(result == MORE) {
+    result = f(r, i++, ud);
+    if(!result)
+      result = next_item(r, ']');
   }
-  for(i = 0;; i++) {
-    result = f(r, i, ud);
-    if(result)
-      return result;
-    ch = lf_jread_peek(r);
-    if(ch < 0)
-      return LF_JS_END;
-    r->p++;
-    if(ch == ']')
-      return LF_JS_OK;
-    if(ch != ',')
-      return LF_JS_BAD;
-  }
+  return result;
 }
