@@ -267,6 +267,23 @@ describe("langfuse durable spool", function()
       c2:shutdown()
     end)
 
+    it("waits for start() or a record to replay with replay_at_start " ..
+       "false", function()
+      local c = client(dir, { base_url = DOWN, flush_interval = 60 })
+      local ids = spans(c, 3)
+      assert.is_true(c:shutdown(1))
+      assert.equal(4, (left_in(dir)))
+      local c2 = client(dir, { replay_at_start = false })
+      socket.sleep(0.5)
+      assert.equal(4, (left_in(dir)))
+      assert.equal(0, c2:stats().replayed)
+      assert.is_true(c2:start())
+      assert.is_true(wait_for(delivered(ids)))
+      assert.is_true(wait_for(function() return left_in(dir) == 0 end))
+      assert.is_true(c2:start())                -- nothing left: no-op
+      c2:shutdown()
+    end)
+
     it("keeps a full queue's overflow in the spool under policy spool",
        function()
       h.faults(down("otlp"))

@@ -1601,19 +1601,28 @@ void lf_sender_config_init(struct lf_sender_config *cfg)
   lf_spool_opts_init(&cfg->spool);
 }
 
-/* Starts the thread of a new sender when its spool holds segments, to
-   replay them; a spool that cannot be read now is left for later. */
-static void replay_at_start(struct lf_sender *s)
+/* Starts the thread of a sender when its spool holds segments, to
+   replay them; a spool that cannot be read now is left for later.
+   Returns what start_thread gave, LF_OK when it did not run. */
+static int replay_at_start(struct lf_sender *s)
 {
   struct lf_spool_stats st;
-  s->backlog = 1;
+  int result = LF_OK;
   if(lf_durable_stats(s->spool, &st, 0) || !st.segments)
-    return;
+    return LF_OK;
   pthread_mutex_lock(&s->lock);
-  if(s->state == ST_IDLE && start_thread(s))
+  s->backlog = 1;
+  if(s->state == ST_IDLE && (result = start_thread(s)) != LF_OK)
     sender_log(s, LF_LOG_ERROR, "langfuse sender: the thread could not "
                "start to replay the spool");
   pthread_mutex_unlock(&s->lock);
+  return result;
+}
+
+int lf_sender_start(struct lf_sender *s)
+{
+  check_fork(s, 1);
+  return s->spool ? replay_at_start(s) : LF_OK;
 }
 
 /* The caller owns the result; on failure everything made is freed. */
@@ -1645,8 +1654,9 @@ struct lf_sender *lf_sender_new(const struct lf_sender_config *cfg)
   if(sync_init(s))
     goto fail;
   registry_add(s);
-  if(s->spool)
-    replay_at_start(s);
+  s->backlog = s->spool != NULL;
+  if(s->spool && !cfg->defer_replay)
+    (void)replay_at_start(s);
   return s;
 fail:
   free(s->items);

@@ -172,6 +172,11 @@ struct lf_sender_config {
      options (the log hook there is ignored). */
   const char *spool_dir;
   struct lf_spool_opts spool;
+  /* 1: a spool that holds events is not replayed when the sender is
+     made, but from the first event or lf_sender_start, so that making
+     it starts no thread (in a process about to fork, as nginx's
+     master). */
+  int defer_replay;
 };
 
 /* One event that left without being delivered. */
@@ -312,6 +317,12 @@ int lf_sender_shutdown(struct lf_sender *s, double timeout);
 ** NULL is accepted.
 */
 void lf_sender_free(struct lf_sender *s);
+
+/* Makes s this process's (after a fork) and, when its spool holds
+   events, starts the thread to replay them; the sender of a process
+   that records nothing otherwise never sends them.  LF_OK, or
+   LF_ENOMEM or LF_EIO when the thread could not start. */
+int lf_sender_start(struct lf_sender *s);
 
 /* Asks the thread of every sender of this process whose spool is dir
    to replay now (starting it if need be): for a synchronous upload that

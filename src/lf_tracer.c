@@ -1532,6 +1532,20 @@ static int t_exchange(lua_State *L)
   return 2;
 }
 
+/* tracer:start() -> true, or nil and a reason: makes the sender this
+   process's and replays a spool that holds events. */
+static int t_start(lua_State *L)
+{
+  struct lf_tracer *t = check_tracer(L);
+  if(t->sender && lf_sender_start(t->sender) != LF_OK) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "the sender thread could not start");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int waited(lua_State *L, struct lf_tracer *t, int result)
 {
   lua_pushboolean(L, result == LF_OK);
@@ -1725,6 +1739,7 @@ static void read_sender_config(lua_State *L, struct lf_tracer *t,
   if(policy && !strcmp(policy, "spool"))
     sc->full_policy = LF_FULL_SPOOL;
   sc->spool_dir = lf_durable_lua_config(L, 1, &sc->spool);
+  sc->defer_replay = !lf_cfg_bool(L, "replay_at_start", 1);
   sc->block_timeout = lf_cfg_number(L, "queue_block_timeout",
                                  sc->block_timeout);
 }
@@ -1855,6 +1870,7 @@ void lf_tracer_open(lua_State *L)
     { "late", t_late },
     { "exchange", t_exchange },
     { "score", t_score },
+    { "start", t_start },
     { "flush", t_flush },
     { "shutdown", t_shutdown },
     { "stats", t_stats },

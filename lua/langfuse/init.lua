@@ -35,7 +35,9 @@
 -- Durable spool (see README, "Durable spool"): spool_dir
 -- (LANGFUSE_SPOOL_DIR; none by default), spool_fsync "batch" (or
 -- "always", "never"), spool_max_bytes 1 GiB, spool_full_policy "refuse"
--- (or "drop_oldest"), spool_segment_bytes 8 MiB.
+-- (or "drop_oldest"), spool_segment_bytes 8 MiB, replay_at_start true
+-- (false: a spool that holds events is replayed from the first record or
+-- client:start(), not as the client is made).
 --
 -- Caller mistakes (an argument of the wrong type) raise; configuration
 -- problems return nil and an error of kind "config"; failures at run time
@@ -101,6 +103,7 @@ local OPTIONS = {
   spool_max_bytes = { "count", nil, 1024 * 1024 * 1024 },
   spool_full_policy = { "string", nil, "refuse" },
   spool_segment_bytes = { "count", nil, 8 * 1024 * 1024 },
+  replay_at_start = { "boolean", nil, true },
 }
 
 -- Values of the options that take one of a few words.
@@ -403,6 +406,14 @@ end
 
 Client.trace = tracing.trace
 Client.score = tracing.score
+
+
+-- Starts this process's sender when the spool holds events to replay
+-- (in each nginx worker, say, for a client made before the fork).
+-- Returns true, or nil and a reason.
+function Client:start()
+  return self._tracer:start()
+end
 
 
 -- Waits until everything recorded before the call is delivered or has

@@ -282,6 +282,11 @@ function _M.init(opts)
   if copts.on_error == nil then
     copts.on_error = on_error
   end
+  -- No thread in the master (nginx forks, and may daemonize, after
+  -- init_by_lua): each worker replays the spool from init_worker.
+  if copts.replay_at_start == nil then
+    copts.replay_at_start = false
+  end
   if copts.service_name == nil and not os.getenv("OTEL_SERVICE_NAME") then
     copts.service_name = SERVICE_NAME
   end
@@ -295,13 +300,22 @@ function _M.init(opts)
 end
 
 
--- Starts the worker's report timer in init_worker_by_lua*.  Optional:
--- without it, recording works the same and problems are still counted.
+-- In init_worker_by_lua*: starts the worker's sender when the spool
+-- holds events (left by workers that were stopped while Langfuse was
+-- away), and the report timer.  Optional without a spool: recording
+-- works the same and problems are still counted.
 function _M.init_worker()
-  if not client or settings.report_interval <= 0 then
+  if not client then
     return true
   end
-  local ok, err = ngx.timer.every(settings.report_interval, report_timer)
+  local ok, err = client:start()
+  if not ok then
+    failure("init_worker", err)
+  end
+  if settings.report_interval <= 0 then
+    return ok, err
+  end
+  ok, err = ngx.timer.every(settings.report_interval, report_timer)
   if not ok then
     failure("init_worker", err)
   end

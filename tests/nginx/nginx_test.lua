@@ -361,6 +361,36 @@ h.test("a Langfuse server down leaves requests fast; events arrive " ..
 end)
 
 
+h.test("with a spool, traces recorded while Langfuse is down outlive " ..
+       "nginx and arrive when both are back, with no new request",
+       function()
+  server:reset()
+  local opts = {
+    LANGFUSE_INIT_OPTS = fmt('spool_dir = "%s/spool", max_retries = 1, ' ..
+                             'backoff_base = 0.05, backoff_max = 0.1', work),
+    EXIT_TIMEOUT = "1",
+  }
+  server:stop()
+  h.defer(function()
+    if not server.pid then
+      server:restart()
+    end
+  end)
+  local g = gateway(opts)
+  local ids, worst = send_prompt(g, 12, "spooled")
+  print(fmt("  slowest request %.1f ms with the server down and a spool",
+            worst * 1000))
+  check(g:stop("QUIT"), "nginx did not exit on QUIT")
+  check(h.sh(fmt("ls %s/spool/seg-* >/dev/null 2>&1", work)),
+        "no segment in the spool after QUIT with the server down")
+  server:restart()
+  local _, n = server:traces()
+  check(n == 0, "%d traces arrived while the server was down", n)
+  gateway(opts)
+  check_all_arrived(ids, "spool replayed by the next nginx")
+end)
+
+
 h.test("a long stream keeps its usage; a JSON answer over " ..
        "max_body_bytes is recorded without it", function()
   server:reset()
