@@ -125,6 +125,19 @@ static void base_config(struct lf_sender_config *cfg, const char *dir)
   cfg->spool_dir = dir;
 }
 
+/* A sender on a fresh spool directory (named in dir) with the server
+   answering 503 to every ingestion request. */
+static struct lf_sender *down_sender(struct lf_sender_config *cfg,
+                                     char *dir, size_t cap,
+                                     const char *tag)
+{
+  control_do("/_test/reset", "{}");
+  control_do("/_test/faults", DOWN);
+  new_dir(dir, cap, tag);
+  base_config(cfg, dir);
+  return lf_sender_new(cfg);
+}
+
 /* Enqueues score event n of tag; returns the enqueue result. */
 static int add_score(struct lf_sender *s, const char *tag, int n)
 {
@@ -267,11 +280,7 @@ static void test_upload_kick(void)
   unsigned char kept[3];
   size_t bad, i;
   int result;
-  control_do("/_test/reset", "{}");
-  control_do("/_test/faults", DOWN);
-  new_dir(dir, sizeof(dir), "kick");
-  base_config(&cfg, dir);
-  s = lf_sender_new(&cfg);
+  s = down_sender(&cfg, dir, sizeof(dir), "kick");
   memset(&hc, 0, sizeof(hc));
   hc.public_key = "pk-lf-test";
   hc.secret_key = "sk-lf-test";
@@ -356,6 +365,58 @@ static void test_fork(void)
   remove_dir(dir);
 }
 
+/* With defer_replay a sender made on a spool that holds events starts
+   no thread; the process that calls lf_sender_start (here a child, as
+   an nginx worker) replays them. */
+static void test_deferred_replay(int use_fork)
+{
+  struct lf_sender_config cfg;
+  struct lf_sender *s;
+  char dir[512];
+  int status = -1, i;
+  pid_t pid = -1;
+  double end;
+  s = down_sender(&cfg, dir, sizeof(dir), "deferred");
+  for(i = 0; i < 10; i++)
+    (void)add_score(s, "left", i);
+  (void)lf_sender_shutdown(s, 1);
+  lf_sender_free(s);
+  check(left_in(dir) == 10, "deferred: the spool holds what failed",
+        "%ld left", left_in(dir));
+  control_do("/_test/reset", "{}");     /* the server answers again */
+  cfg.defer_replay = 1;
+  s = lf_sender_new(&cfg);
+  nap(0.3);
+  check(server_stat("events") == 0 && left_in(dir) == 10,
+        "deferred: nothing replayed before lf_sender_start",
+        "%ld sent, %ld left", server_stat("events"), left_in(dir));
+  if(use_fork)
+    pid = fork();
+  if(pid <= 0) {
+    int bad = lf_sender_start(s) != LF_OK;
+    end = now() + WAIT;
+    while(left_in(dir) && now() < end)
+      nap(0.02);
+    if(pid == 0) {
+      lf_sender_free(s);
+      _exit(bad || left_in(dir) ? 1 : 0);
+    }
+    check(!bad, "deferred: lf_sender_start", "failed");
+  } else {
+    waitpid(pid, &status, 0);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "deferred: the child replays the spool", "status %d", status);
+  }
+  check(wait_distinct(10), "deferred: every event delivered",
+        "%ld of 10", server_stat("distinct_event_ids"));
+  check(lf_sender_start(s) == LF_OK, "deferred: a second start",
+        "failed");
+  lf_sender_free(s);
+  check(left_in(dir) == 0, "deferred: the spool is empty", "%ld left",
+        left_in(dir));
+  remove_dir(dir);
+}
+
 int main(int argc, char **argv)
 {
   if(argc != 2) {
@@ -371,6 +432,7 @@ int main(int argc, char **argv)
   test_threads_up();
   test_down_then_up();
   test_upload_kick();
+  test_deferred_replay(!getenv("DURABLE_TEST_SKIP_FORK"));
   if(!getenv("DURABLE_TEST_SKIP_FORK"))
     test_fork();
   control_do("/_test/reset", "{}");

@@ -324,6 +324,18 @@ local function send_prompt(g, n, label)
 end
 
 
+-- Stops the test server until the test restarts it, or until the test
+-- ends.
+local function server_down()
+  server:stop()
+  h.defer(function()
+    if not server.pid then
+      server:restart()
+    end
+  end)
+end
+
+
 h.test("a slow Langfuse server leaves requests fast; events arrive",
        function()
   server:reset()
@@ -346,12 +358,7 @@ h.test("a Langfuse server down leaves requests fast; events arrive " ..
     LANGFUSE_INIT_OPTS = "max_retries = 10, backoff_base = 0.5, " ..
                          "backoff_max = 2",
   }
-  server:stop()
-  h.defer(function()
-    if not server.pid then
-      server:restart()
-    end
-  end)
+  server_down()
   local ids, worst = send_prompt(g, 20, "down")
   print(fmt("  slowest request %.1f ms with the server down",
             worst * 1000))
@@ -370,12 +377,7 @@ h.test("with a spool, traces recorded while Langfuse is down outlive " ..
                              'backoff_base = 0.05, backoff_max = 0.1', work),
     EXIT_TIMEOUT = "1",
   }
-  server:stop()
-  h.defer(function()
-    if not server.pid then
-      server:restart()
-    end
-  end)
+  server_down()
   local g = gateway(opts)
   local ids, worst = send_prompt(g, 12, "spooled")
   print(fmt("  slowest request %.1f ms with the server down and a spool",
