@@ -393,6 +393,26 @@ h.test("with a spool, traces recorded while Langfuse is down outlive " ..
 end)
 
 
+h.test("with a spool, workers killed with events queued lose nothing: " ..
+       "the workers nginx starts again send them", function()
+  server:reset()
+  local g = gateway({
+    LANGFUSE_INIT_OPTS = fmt('spool_dir = "%s/spool-kill"', work),
+    LANGFUSE_FLUSH_INTERVAL = "60", LANGFUSE_FLUSH_AT = "100000",
+  }, "exited on signal 9")
+  local before = g:workers()
+  local ids = send_plain(g, 12)
+  h.sleep(0.3)
+  local _, n = server:traces()
+  check(n == 0, "%d traces arrived before the kill: not queued", n)
+  for _, pid in ipairs(before) do
+    h.sh(fmt("kill -KILL %d", pid))
+  end
+  check_all_arrived(ids, "after KILL")
+  check(g:alive(), "the master died")
+end)
+
+
 h.test("a long stream keeps its usage; a JSON answer over " ..
        "max_body_bytes is recorded without it", function()
   server:reset()
