@@ -48,6 +48,22 @@ describe("langfuse client", function()
       assert.equal("2023-03-28T10:40:00.000000Z", got[1].timestamp)
     end)
 
+    it("counts sdk-log events delivered though the 207 leaves them out",
+       function()
+      local client = h.client()
+      local events = h.traces(2)
+      table.insert(events, 2, { type = "sdk-log", id = 'log"\\1',
+                                timestamp = 1680000000,
+                                body = { log = { level = "info" } } })
+      events[#events + 1] = { type = "sdk-log", timestamp = 1680000000,
+                              body = { log = "plain text" } }
+      local res, err = client:upload_events_batch(events)
+      assert.is_nil(err)
+      assert.equal(4, res.accepted)
+      assert.equal(1, #h.requests(INGESTION))      -- nothing sent again
+      assert.equal(2, #h.events().events)          -- the traces, stored
+    end)
+
     it("delivers every valid event exactly once", function()
       local client = h.client()
       local events = h.traces(25)

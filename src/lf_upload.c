@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lf_jread.h"
 #include "lf_resp.h"
 #include "lf_upload.h"
 
@@ -315,7 +316,45 @@ static void event_error(struct upload *u, size_t i,
   keep_text(u, &u->rep->message, msg);
 }
 
-/* A 207: per-event verdicts; what it does not mention goes again. */
+/* lf_jread_members callback for is_sdk_log: sets *ud when the type is
+   "sdk-log". */
+static int type_member(struct lf_jread *r, int which, void *ud)
+{
+  struct lf_buf text;
+  struct lf_jtext t;
+  int result;
+  if(which != 0)
+    return lf_jread_skip(r);
+  lf_buf_init(&text, 0);
+  memset(&t, 0, sizeof(t));
+  t.out = &text;
+  t.keep = 16;
+  result = lf_jread_string(r, &t);
+  if(!result && t.full == 7 && text.len == 7 &&
+     !memcmp(text.data, "sdk-log", 7))
+    *(int *)ud = 1;
+  lf_buf_free(&text);
+  return result;
+}
+
+/* Whether json, an encoded event, is an sdk-log event.  The server logs
+   those and leaves them out of both lists of its 207. */
+static int is_sdk_log(const char *json, size_t len)
+{
+  static const char *const names[] = { "type", NULL };
+  struct lf_jread r;
+  int yes = 0;
+  if(!json)
+    return 0;
+  lf_jread_init(&r, json, len);
+  if(lf_jread_members(&r, names, type_member, &yes))
+    yes = 0;
+  lf_jread_free(&r);
+  return yes;
+}
+
+/* A 207: per-event verdicts; what it does not mention goes again, but
+   for sdk-log events, which a whole 207 never mentions. */
 static int by_events(struct upload *u, const size_t *idx, size_t count)
 {
   struct lf_response *r = &u->resp;
@@ -344,6 +383,9 @@ static int by_events(struct upload *u, const size_t *idx, size_t count)
       deliver(&u->items[idx[i]]);
     else if((e = lf_resp_error_for(&parsed, id)))
       event_error(u, idx[i], e);
+    else if(r->net == LF_NET_OK && !parsed.cut &&
+            is_sdk_log(u->items[idx[i]].json, u->items[idx[i]].len))
+      deliver(&u->items[idx[i]]);
     else if(r->net != LF_NET_OK) {
       msg = compose(u, &u->msg, "the 207 answer from %s broke off before "
                     "naming this event: %s", u->route->url, r->error);
