@@ -322,6 +322,44 @@ describe("langfuse command", function()
       assert.same(h.ones(30), h.delivered_counts(events))
     end)
 
+    it("replays the spans a tracer left in the spool, with the events",
+       function()
+      local c = h.client{ spool_dir = dir, base_url = "http://127.0.0.1:1",
+                          flush_interval = 60, max_retries = 0 }
+      local trace = c:trace{ name = "left behind" }
+      local ids = {}
+      for i = 1, 3 do
+        local s = trace:span{ name = "span " .. i }
+        s:finish()
+        ids[#ids + 1] = s.id
+      end
+      trace:finish()
+      assert.is_true(c:shutdown(1))
+      c:close()
+      local events = h.traces(2)
+      spool_with(dir, events)
+      local rc, out = run("--json spool replay " .. dir,
+                          { OTEL_SERVICE_NAME = "replayer" })
+      assert.equal(0, rc)
+      local doc = cjson.decode(out)
+      assert.equal(6, doc.records)
+      assert.equal(4, doc.otlp_records)
+      assert.equal(6, doc.delivered)
+      assert.equal(0, doc.records_pending)
+      assert.same(h.ones(2), h.delivered_counts(events))
+      local spans = h.spans()
+      assert.equal(4, #spans.spans)            -- the trace's and three
+      for _, sp in ipairs(spans.spans) do
+        assert.equal("replayer", sp.resource["service.name"])
+        assert.equal(trace.id, sp.traceId)
+      end
+      for _, id in ipairs(ids) do
+        assert.equal(1, spans.counts[id])
+      end
+      local _, status = run("--json spool status " .. dir)
+      assert.equal(0, cjson.decode(status).records_pending)
+    end)
+
     it("dead-letters what the server refuses and exits 1", function()
       local events = h.traces(3)
       h.faults{ per_event = { [events[2].id] = {

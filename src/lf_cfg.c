@@ -6,6 +6,11 @@
 #include "lf_compat.h"
 #include "lf_cfg.h"
 #include "lf_core.h"
+#include "lf_span.h"
+
+const char *const lf_otlp_headers[] = {
+  "x-langfuse-ingestion-version: 4", NULL
+};
 
 const char *lf_cfg_string(lua_State *L, const char *name)
 {
@@ -65,4 +70,28 @@ void lf_cfg_upload(lua_State *L, struct lf_upload_opts *u)
   u->backoff_max = lf_cfg_number(L, "backoff_max", u->backoff_max);
   u->retry_after_max = lf_cfg_number(L, "retry_after_max",
                                      u->retry_after_max);
+}
+
+const char *lf_cfg_url(lua_State *L, const char *who, struct lf_buf *b,
+                       const char *base, const char *path)
+{
+  size_t n = strlen(base);
+  while(n && base[n - 1] == '/')
+    n--;
+  lf_buf_reset(b);
+  if(lf_buf_add(b, base, n) || lf_buf_adds(b, path))
+    luaL_error(L, "%s: out of memory", who);
+  return b->data;
+}
+
+const char *lf_cfg_otlp_prefix(lua_State *L, const char *who,
+                               struct lf_buf *b, const char *public_key)
+{
+  lf_buf_reset(b);
+  if(lf_span_otlp_prefix(b, lf_cfg_string(L, "service_name"), public_key,
+                         lf_cfg_string(L, "environment"),
+                         lf_cfg_string(L, "release")))
+    luaL_error(L, "%s: bad service_name, environment or release text",
+               who);
+  return b->data;
 }

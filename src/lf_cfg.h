@@ -11,8 +11,18 @@
 
 #include <lua.h>
 
+#include "lf_buf.h"
 #include "lf_http.h"
 #include "lf_upload.h"
+
+/* The two intake routes, relative to base_url, and the header lines an
+   OTLP request carries besides (NULL-ended). */
+#define LF_INGESTION_PATH "/api/public/ingestion"
+#define LF_OTLP_PATH "/api/public/otel/v1/traces"
+/* What frames the events of an ingestion request. */
+#define LF_BATCH_PREFIX "{\"batch\":["
+#define LF_BATCH_SUFFIX "]}"
+extern const char *const lf_otlp_headers[];
 
 const char *lf_cfg_string(lua_State *L, const char *name);
 double lf_cfg_number(lua_State *L, const char *name, double dflt);
@@ -29,5 +39,17 @@ const char *lf_cfg_http(lua_State *L, const char *who,
    max_batch_events, max_retries, backoff_base, backoff_max and
    retry_after_max where the table has them. */
 void lf_cfg_upload(lua_State *L, struct lf_upload_opts *u);
+
+/* Sets b to base + path, the base's trailing slashes dropped, and
+   returns its text; raises (naming who) when out of memory. */
+const char *lf_cfg_url(lua_State *L, const char *who, struct lf_buf *b,
+                       const char *base, const char *path);
+
+/* Sets b to the text that opens an OTLP request body, with the table's
+   service_name, environment and release and public_key as resource
+   attributes, and returns it; raises (naming who) for text that is not
+   UTF-8 or when out of memory. */
+const char *lf_cfg_otlp_prefix(lua_State *L, const char *who,
+                               struct lf_buf *b, const char *public_key);
 
 #endif

@@ -28,12 +28,10 @@
 #define CLIENT_MT "langfuse.core.client"
 #define WORK_MT "langfuse.core.work"
 
-/* The ingestion route, relative to base_url. */
-#define INGESTION_PATH "/api/public/ingestion"
 
 struct lf_client {
   struct lf_http *http;         /* owned; NULL once closed */
-  char *ingestion_url;          /* owned */
+  struct lf_buf ingestion_url;  /* owned */
   struct lf_upload_opts upload;
   struct lf_encode_opts encode;
   struct lf_durable *durable;   /* owned; NULL without spool_dir */
@@ -52,29 +50,6 @@ struct lf_work {
 };
 
 
-/* {================================================================
-** Reading the configuration table
-** ================================================================= */
-
-/* A malloc'd "base" + "path" with the base's trailing slashes removed;
-   the caller frees it.  NULL when out of memory. */
-static char *join_url(const char *base, const char *path)
-{
-  size_t n = strlen(base), m = strlen(path);
-  char *url;
-  while(n && base[n - 1] == '/')
-    n--;
-  url = malloc(n + m + 1);
-  if(!url)
-    return NULL;
-  memcpy(url, base, n);
-  memcpy(url + n, path, m + 1);
-  return url;
-}
-
-/* }================================================================ */
-
-
 static struct lf_client *check_client(lua_State *L)
 {
   struct lf_client *c = luaL_checkudata(L, 1, CLIENT_MT);
@@ -88,8 +63,7 @@ static void client_release(struct lf_client *c)
 {
   lf_http_free(c->http);
   c->http = NULL;
-  free(c->ingestion_url);
-  c->ingestion_url = NULL;
+  lf_buf_free(&c->ingestion_url);
   lf_durable_free(c->durable);
   c->durable = NULL;
 }
@@ -122,8 +96,10 @@ static int new_client(lua_State *L)
                                               (double)c->encode.max_depth);
   c->encode.strict = lf_cfg_bool(L, "strict", c->encode.strict);
 
-  c->ingestion_url = join_url(base, INGESTION_PATH);
-  c->http = c->ingestion_url ? lf_http_new(&hc) : NULL;
+  lf_buf_init(&c->ingestion_url, 0);
+  (void)lf_cfg_url(L, "new_client", &c->ingestion_url, base,
+                   LF_INGESTION_PATH);
+  c->http = lf_http_new(&hc);
   if(c->http) {
     struct lf_spool_opts so;
     const char *dir = lf_durable_lua_config(L, 1, &so);
@@ -301,9 +277,9 @@ static int client_upload(lua_State *L)
 
   memset(&route, 0, sizeof(route));
   route.kind = LF_ROUTE_INGESTION;
-  route.url = c->ingestion_url;
-  route.prefix = "{\"batch\":[";
-  route.suffix = "]}";
+  route.url = c->ingestion_url.data;
+  route.prefix = LF_BATCH_PREFIX;
+  route.suffix = LF_BATCH_SUFFIX;
   if(w->batch.n) {
     result = upload_batch(c, &route, w);
     if(result == LF_ENOMEM)

@@ -22,19 +22,17 @@
 **   spool:close()
 **
 **   core.raw_client(cfg)  -> uploader of events already encoded
-**   raw:upload(records)   -> report, as client:upload gives it
-**     records: array of { id = envelope id, data = event JSON }
+**   raw:upload(records [, route]) -> report, as client:upload gives it
+**     records: array of { id = event or span id, data = its JSON }
 **
-** route is "ingestion" or "otlp"; ref is an opaque string naming one
-** record, good in this process and this spool only.
+** route is "ingestion" (the default for raw:upload) or "otlp": an OTLP
+** upload frames the spans with the resource that cfg's service_name,
+** environment and release give, as the tracer does.  ref is an opaque
+** string naming one record, good in this process and this spool only.
 **
 ** The spool's log hook may run with the spool's mutex held, so it only
 ** queues the lines; they reach the Lua logger when the method returns.
 ** Claims keep their spool alive; closing the spool ends its claims.
-**
-** Caveat: raw:upload speaks the ingestion route only.  Records of the
-** OTLP route are handed out by claim() like any other, and it is up to
-** the caller to leave them for a sender that frames OTLP requests.
 */
 #include <dirent.h>
 #include <inttypes.h>
@@ -46,6 +44,7 @@
 #include "lf_cfg.h"
 #include "lf_core.h"
 #include "lf_http.h"
+#include "lf_span.h"
 #include "lf_spool.h"
 #include "lf_upload.h"
 
@@ -63,7 +62,6 @@
 /* Room for a ref string: two 64-bit numbers in decimal and a colon. */
 #define REF_LEN 48
 /* The ingestion route, relative to base_url. */
-#define INGESTION_PATH "/api/public/ingestion"
 
 struct log_line {
   int level;
@@ -90,7 +88,10 @@ struct claim_ud {
 
 struct raw_client {
   struct lf_http *http;           /* owned; NULL once closed */
-  char *url;                      /* owned */
+  struct lf_buf ingestion_url;    /* owned */
+  struct lf_buf otlp_url;         /* owned */
+  struct lf_buf otlp_prefix;      /* owned */
+  int gzip;
   struct lf_upload_opts upload;
 };
 
@@ -716,8 +717,9 @@ static void raw_release(struct raw_client *r)
 {
   lf_http_free(r->http);
   r->http = NULL;
-  free(r->url);
-  r->url = NULL;
+  lf_buf_free(&r->ingestion_url);
+  lf_buf_free(&r->otlp_url);
+  lf_buf_free(&r->otlp_prefix);
 }
 
 static int raw_gc(lua_State *L)
@@ -734,23 +736,23 @@ static int raw_new(lua_State *L)
   struct lf_http_config hc;
   struct raw_client *r;
   const char *base;
-  size_t n;
   luaL_checktype(L, 1, LUA_TTABLE);
   base = lf_cfg_http(L, "raw_client", &hc);
   r = lua_newuserdata(L, sizeof(*r));           /* raw */
   memset(r, 0, sizeof(*r));
+  lf_buf_init(&r->ingestion_url, 0);
+  lf_buf_init(&r->otlp_url, 0);
+  lf_buf_init(&r->otlp_prefix, 0);
   luaL_setmetatable(L, RAW_MT);
   lf_upload_opts_init(&r->upload);
   lf_cfg_upload(L, &r->upload);
-  n = strlen(base);
-  while(n && base[n - 1] == '/')
-    n--;
-  r->url = malloc(n + sizeof(INGESTION_PATH));
-  if(r->url) {
-    memcpy(r->url, base, n);
-    memcpy(r->url + n, INGESTION_PATH, sizeof(INGESTION_PATH));
-    r->http = lf_http_new(&hc);
-  }
+  r->gzip = lf_cfg_bool(L, "gzip", 1);
+  (void)lf_cfg_url(L, "raw_client", &r->ingestion_url, base,
+                   LF_INGESTION_PATH);
+  (void)lf_cfg_url(L, "raw_client", &r->otlp_url, base, LF_OTLP_PATH);
+  (void)lf_cfg_otlp_prefix(L, "raw_client", &r->otlp_prefix,
+                           hc.public_key);
+  r->http = lf_http_new(&hc);
   if(!r->http) {
     raw_release(r);
     return luaL_error(L, "langfuse: out of memory");
@@ -814,18 +816,20 @@ static void push_raw_report(lua_State *L, const struct raw_work *w)
   lua_setfield(L, -2, "failed");                /* report */
 }
 
-/* raw:upload(records) -> report.  Blocks for the whole upload, retries
-   and backoff included.  The record strings stay on the Lua stack (in
-   the records table) while libcurl reads them. */
+/* raw:upload(records [, route]) -> report.  Blocks for the whole
+   upload, retries and backoff included.  The record strings stay on
+   the Lua stack (in the records table) while libcurl reads them. */
 static int raw_upload(lua_State *L)
 {
+  static const char *const routes[] = { "ingestion", "otlp", NULL };
   struct raw_client *r = luaL_checkudata(L, 1, RAW_MT);
   size_t n, i;
   struct raw_work *w;
-  int result;
+  int result, otlp;
   if(!r->http)
     return luaL_error(L, "langfuse raw client is closed");
   luaL_checktype(L, 2, LUA_TTABLE);
+  otlp = luaL_checkoption(L, 3, "ingestion", routes) == 1;
   n = lua_rawlen(L, 2);
   w = lua_newuserdata(L, sizeof(*w));           /* work */
   memset(w, 0, sizeof(*w));
@@ -853,10 +857,19 @@ static int raw_upload(lua_State *L)
   if(n) {
     struct lf_route route;
     memset(&route, 0, sizeof(route));
-    route.kind = LF_ROUTE_INGESTION;
-    route.url = r->url;
-    route.prefix = "{\"batch\":[";
-    route.suffix = "]}";
+    if(otlp) {
+      route.kind = LF_ROUTE_OTLP;
+      route.url = r->otlp_url.data;
+      route.prefix = r->otlp_prefix.data;
+      route.suffix = LF_SPAN_SUFFIX;
+      route.gzip = r->gzip;
+      route.headers = lf_otlp_headers;
+    } else {
+      route.kind = LF_ROUTE_INGESTION;
+      route.url = r->ingestion_url.data;
+      route.prefix = LF_BATCH_PREFIX;
+      route.suffix = LF_BATCH_SUFFIX;
+    }
     result = lf_upload(r->http, &route, w->items, n, &r->upload,
                        &w->report);
     if(result == LF_ENOMEM)

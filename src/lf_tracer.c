@@ -76,8 +76,6 @@
 #define TRACER_MT "langfuse.core.tracer"
 
 /* Routes, relative to base_url. */
-#define INGESTION_PATH "/api/public/ingestion"
-#define OTLP_PATH "/api/public/otel/v1/traces"
 
 /* Failures copied from the sender at a time (each is ~400 bytes of C
    stack). */
@@ -1684,48 +1682,27 @@ static char *json_text(lua_State *L, struct lf_buf *b, const char *s)
   return p;
 }
 
-/* base_url + path into b, the base's trailing slashes dropped. */
-static void join_url(lua_State *L, struct lf_buf *b, const char *base,
-                     const char *path)
-{
-  size_t n = strlen(base);
-  while(n && base[n - 1] == '/')
-    n--;
-  lf_buf_reset(b);
-  if(lf_buf_add(b, base, n) || lf_buf_adds(b, path))
-    luaL_error(L, "new_tracer: out of memory");
-}
-
 /* Reads the sender's part of the configuration table into sc; strings
    point into the table or into t's buffers. */
 static void read_sender_config(lua_State *L, struct lf_tracer *t,
                                struct lf_sender_config *sc)
 {
-  static const char *const otlp_headers[] = {
-    "x-langfuse-ingestion-version: 4", NULL
-  };
   const char *policy = lf_cfg_string(L, "queue_full_policy");
   const char *base;
   lf_sender_config_init(sc);
   base = lf_cfg_http(L, "new_tracer", &sc->http);
-  join_url(L, &t->out, base, INGESTION_PATH);
-  sc->ingestion.url = t->out.data;
-  sc->ingestion.prefix = "{\"batch\":[";
-  sc->ingestion.suffix = "]}";
+  sc->ingestion.url = lf_cfg_url(L, "new_tracer", &t->out, base,
+                                 LF_INGESTION_PATH);
+  sc->ingestion.prefix = LF_BATCH_PREFIX;
+  sc->ingestion.suffix = LF_BATCH_SUFFIX;
   if(t->protocol == PROTO_OTLP) {
-    join_url(L, &t->ctx, base, OTLP_PATH);
-    sc->otlp.url = t->ctx.data;
-    lf_buf_reset(&t->body);
-    if(lf_span_otlp_prefix(&t->body, lf_cfg_string(L, "service_name"),
-                           sc->http.public_key,
-                           lf_cfg_string(L, "environment"),
-                           lf_cfg_string(L, "release")))
-      luaL_error(L, "new_tracer: bad service_name, environment or "
-                 "release text");
-    sc->otlp.prefix = t->body.data;
+    sc->otlp.url = lf_cfg_url(L, "new_tracer", &t->ctx, base,
+                              LF_OTLP_PATH);
+    sc->otlp.prefix = lf_cfg_otlp_prefix(L, "new_tracer", &t->body,
+                                         sc->http.public_key);
     sc->otlp.suffix = LF_SPAN_SUFFIX;
     sc->otlp.gzip = lf_cfg_bool(L, "gzip", 1);
-    sc->otlp.headers = otlp_headers;
+    sc->otlp.headers = lf_otlp_headers;
   }
   lf_cfg_upload(L, &sc->upload);
   sc->flush_at = (size_t)lf_cfg_number(L, "flush_at", (double)sc->flush_at);
