@@ -105,6 +105,11 @@ local EMPTY = {}
 -- The OTLP service.name when neither the options nor OTEL_SERVICE_NAME
 -- give one.
 local SERVICE_NAME = "nginx"
+-- Spans per request when neither the options nor LANGFUSE_FLUSH_AT say:
+-- smaller batches than langfuse.new's keep each turn of the sender
+-- thread short (well under a millisecond of CPU), so that it does not
+-- hold a core the event loops are waiting for.
+local FLUSH_AT = 64
 
 local client                 -- made by init, inherited by the workers
 local tracer                 -- its C half
@@ -286,6 +291,9 @@ function _M.init(opts)
   -- init_by_lua): each worker replays the spool from init_worker.
   if copts.replay_at_start == nil then
     copts.replay_at_start = false
+  end
+  if copts.flush_at == nil and not os.getenv("LANGFUSE_FLUSH_AT") then
+    copts.flush_at = FLUSH_AT
   end
   if copts.service_name == nil and not os.getenv("OTEL_SERVICE_NAME") then
     copts.service_name = SERVICE_NAME
