@@ -1427,113 +1427,30 @@ int lf_spool_append(struct lf_spool *sp, int route, const char *id,
 
 /* ---- sync, ack, rotate, release ---- */
 
-/* One file lf_spool_sync flushes: a duplicate of its descriptor, and
-   where its dirty flag lives (seg id and which flag, or the spool's). */
-struct pending_sync {
-  int fd;
-  uint64_t seg;
-  int which;                 /* SYNC_DATA, SYNC_ACK, SYNC_DL, SYNC_DIR */
-};
-enum { SYNC_DATA, SYNC_ACK, SYNC_DL, SYNC_DIR };
-
-/* Takes the file of flag *dirty for a sync: clears the flag and adds a
-   duplicate of fd to ps (lock held).  A write after this sets the flag
-   again, for the next sync.  Without a duplicate (no descriptor left)
-   the file is synced here, under the lock; that error is returned. */
-static int take_sync(struct pending_sync *ps, size_t *n, int fd,
-                     int *dirty, uint64_t seg, int which)
-{
-  int d, err;
-  if(!*dirty)
-    return 0;
-  d = dup(fd);
-  if(d < 0) {
-    if((err = sync_fd(fd)))
-      return err;
-    *dirty = 0;
-    return 0;
-  }
-  ps[*n].fd = d;
-  ps[*n].seg = seg;
-  ps[*n].which = which;
-  (*n)++;
-  *dirty = 0;
-  return 0;
-}
-
-/* Sets the dirty flag of a file whose sync failed again (lock held). */
-static void redirty(struct lf_spool *sp, const struct pending_sync *p)
-{
-  struct seg *s;
-  if(p->which == SYNC_DL)
-    sp->dl_dirty = 1;
-  else if(p->which == SYNC_DIR)
-    sp->dir_dirty = 1;
-  else if((s = seg_find(sp, p->seg))) {
-    if(p->which == SYNC_DATA)
-      s->data_dirty = 1;
-    else
-      s->ack_dirty = 1;
-  }
-}
-
-/* Flushes every file written since the last sync to the disk.  The
-   fsyncs run on duplicates of the descriptors, without the lock, so an
-   append meanwhile (nginx's event loop, say) does not wait for the
-   disk. */
 int lf_spool_sync(struct lf_spool *sp, char *errbuf)
 {
-  struct pending_sync *ps;
   struct seg *s;
-  size_t n = 0, cap = 2, i;
-  int err = 0, failed = -1;
-  char name[NAME_LEN];
+  int err = 0;
   const char *what = sp->dir;
+  char name[NAME_LEN];
   if(forked(sp, errbuf))
     return LF_EINVAL;
   pthread_mutex_lock(&sp->lock);
-  for(s = sp->segs; s; s = s->next)
-    cap += 2;
-  ps = malloc(cap * sizeof(*ps));
-  if(!ps) {
-    pthread_mutex_unlock(&sp->lock);
-    return fail(errbuf, LF_ENOMEM, "out of memory syncing %s", sp->dir);
-  }
   for(s = sp->segs; s && !err; s = s->next) {
-    err = take_sync(ps, &n, s->fd, &s->data_dirty, s->id, SYNC_DATA);
-    if(!err && s->ack_fd >= 0)
-      err = take_sync(ps, &n, s->ack_fd, &s->ack_dirty, s->id, SYNC_ACK);
+    if(s->data_dirty && !(err = sync_fd(s->fd)))
+      s->data_dirty = 0;
+    if(!err && s->ack_dirty && !(err = sync_fd(s->ack_fd)))
+      s->ack_dirty = 0;
     if(err) {
       name_of(name, s->base, s->kind);
       what = name;
     }
   }
-  if(!err && sp->dl_fd >= 0)
-    err = take_sync(ps, &n, sp->dl_fd, &sp->dl_dirty, 0, SYNC_DL);
-  if(!err)
-    err = take_sync(ps, &n, sp->dirfd, &sp->dir_dirty, 0, SYNC_DIR);
+  if(!err && sp->dl_dirty && !(err = sync_fd(sp->dl_fd)))
+    sp->dl_dirty = 0;
+  if(!err && sp->dir_dirty && !(err = sync_fd(sp->dirfd)))
+    sp->dir_dirty = 0;
   pthread_mutex_unlock(&sp->lock);
-  for(i = 0; i < n; i++) {
-    int e = err ? 0 : sync_fd(ps[i].fd);
-    if(e && !err) {
-      err = e;
-      failed = (int)i;
-    }
-  }
-  if(err) {
-    pthread_mutex_lock(&sp->lock);
-    for(i = failed < 0 ? 0 : (size_t)failed; i < n; i++)
-      redirty(sp, &ps[i]);
-    if(failed >= 0 && ps[failed].which <= SYNC_ACK &&
-       (s = seg_find(sp, ps[failed].seg))) {
-      name_of(name, s->base, s->kind);
-      what = name;
-    }
-    pthread_mutex_unlock(&sp->lock);
-  }
-  for(i = 0; i < n; i++)
-    close(ps[i].fd);
-  free(ps);
   return err ? fail_errno(errbuf, err, "cannot fsync spool", what) : LF_OK;
 }
 
