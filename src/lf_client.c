@@ -28,7 +28,6 @@
 #define CLIENT_MT "langfuse.core.client"
 #define WORK_MT "langfuse.core.work"
 
-
 struct lf_client {
   struct lf_http *http;         /* owned; NULL once closed */
   struct lf_buf ingestion_url;  /* owned */

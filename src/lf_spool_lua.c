@@ -61,7 +61,6 @@
 #define LOG_LINE_MAX 512
 /* Room for a ref string: two 64-bit numbers in decimal and a colon. */
 #define REF_LEN 48
-/* The ingestion route, relative to base_url. */
 
 struct log_line {
   int level;

@@ -75,8 +75,6 @@
 /* Registry name of the tracer's metatable. */
 #define TRACER_MT "langfuse.core.tracer"
 
-/* Routes, relative to base_url. */
-
 /* Failures copied from the sender at a time (each is ~400 bytes of C
    stack). */
 #define DRAIN_CHUNK 32
